@@ -1,0 +1,259 @@
+"""Cost tables and the chained cost estimation of DenseNAS (Sec. 3.3, Eq. 5-9).
+
+A cost table maps an operation signature "op/c_in/c_out/stride/resolution" (supernet.signature)
+to a cost, so identical operations share one entry. FLOPs tables are computed here from the
+counter below, the one source of truth for FLOPs (multiply-accumulates of conv and linear
+layers at batch 1, SPEC.md); latency tables (latency.py) use the same format.
+
+    python cost.py --space mbv2 [--input-size N] [--table OUT.json]   build and summarise a FLOPs table
+    python cost.py --space mbv2 --samples 1500 [--seed S] [--csv F]   chained vs local estimation (Fig. 6)
+"""
+import argparse
+import json
+import math
+import os
+from collections import defaultdict
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from supernet import UsageError, get_space, make_op, run_cli, SPACES
+
+
+# ----------------------------------------------------------------------------------------
+# FLOPs: multiply-accumulates of Conv2d and Linear layers (SPEC.md, "Cost conventions")
+
+def count_flops(model, input_shape, device=None):
+    """MACs of one image through `model`; input_shape is (C, H, W). Runs one forward pass."""
+    total = 0
+
+    def hook(m, inp, out):
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total += out[0].numel() * m.in_features
+
+    if device is None:
+        device = next(model.parameters()).device
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
+
+
+@lru_cache(maxsize=None)
+def op_flops(sig):
+    """FLOPs of one operation signature, counted on the meta device (shapes only, no compute)."""
+    op, c_in, c_out, stride, res = parse_signature(sig)
+    with torch.device("meta"):
+        m = make_op(op, c_in, c_out, stride)
+    shape = (c_in,) if op == "linear" else (c_in, res, res)
+    return count_flops(m, shape, device="meta")
+
+
+def parse_signature(sig):
+    try:
+        op, *nums = sig.split("/")
+        c_in, c_out, stride, res = (int(v) for v in nums)
+    except ValueError:
+        raise UsageError(f"malformed operation signature '{sig}'") from None
+    return op, c_in, c_out, stride, res
+
+
+# ----------------------------------------------------------------------------------------
+# Cost tables: {"metric", "meta": {space, input_size, connect, ...}, "costs": {signature: cost}}
+
+def space_signatures(space):
+    """Every distinct operation signature the super network of `space` can use."""
+    sigs = [s for j in range(space.n + 1) for s in space.fixed_signatures(j)]
+    sigs += [s for slot in space.slots for s in slot.signatures()]
+    return sorted(set(sigs))
+
+
+def table_meta(space, **extra):
+    return dict(space=space.name, input_size=space.input_size, in_channels=space.in_channels,
+                num_classes=space.num_classes, connect=space.connect, **extra)
+
+
+def flops_table(space):
+    """The analytic FLOPs table of a space (Sec. 3.3: 'a lookup table which records the cost of each operation')."""
+    return {"metric": "flops", "meta": table_meta(space),
+            "costs": {s: op_flops(s) for s in space_signatures(space)}}
+
+
+def save_json_atomic(obj, path):
+    """Write JSON to path through a temp file and a rename, so a crash never leaves half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def load_table(path):
+    try:
+        with open(path) as f:
+            t = json.load(f)
+        assert isinstance(t["costs"], dict) and isinstance(t["meta"], dict) and t["metric"]
+    except FileNotFoundError:
+        raise UsageError(f"cost table {path} does not exist") from None
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise UsageError(f"{path} is not a cost table (JSON with 'metric', 'meta' and 'costs')") from None
+    return t
+
+
+def check_table(table, space, name="cost table"):
+    """Refuse a table measured for another space, input size or connection number, or one that lacks an op."""
+    meta = table["meta"]
+    for key in ("space", "input_size", "connect"):
+        if meta.get(key) != getattr(space, key):
+            raise UsageError(f"{name} was built for {key}={meta.get(key)}, but the search uses {getattr(space, key)}")
+    missing = [s for s in space_signatures(space) if s not in table["costs"]]
+    if missing:
+        raise UsageError(f"{name} lacks {len(missing)} operation(s) this space needs, e.g. {missing[0]}")
+
+
+# ----------------------------------------------------------------------------------------
+# The estimators
+
+def expected_cost(alpha, costs):
+    """Eq. 5: a layer's cost is the softmax(alpha)-weighted sum of its candidates' costs (batched over rows)."""
+    return (F.softmax(alpha, -1) * costs).sum(-1)
+
+
+def _weighted_sum(weights, values):
+    if weights and isinstance(weights[0], torch.Tensor):
+        return torch.stack(weights) @ torch.stack([torch.as_tensor(v, dtype=weights[0].dtype) for v in values])
+    return sum(w * v for w, v in zip(weights, values))
+
+
+def chained_cost(cost_b, cost_align, p):
+    """Eq. 6-7: c~_n = cost_b^n;  c~_i = cost_b^i + sum_j p_ij (cost_align^ij + c~_j);  cost = c~_0.
+
+    Eq. 6 as printed has cost_b^j where the recursion needs the chained c~_j; we follow the maths
+    (SPEC.md). Since sum_j p_ij = 1, c~_0 is the expected cost of a path drawn from the Markov
+    chain p. cost_b: block costs indexed 0..n; cost_align, p: dicts keyed by (i, j).
+    Floats give a float; tensors give a differentiable 0-d tensor.
+    """
+    n = len(cost_b) - 1
+    succ = defaultdict(list)
+    for i, j in p:
+        succ[i].append(j)
+    c = [None] * (n + 1)
+    c[n] = cost_b[n]
+    for i in range(n - 1, -1, -1):
+        js = succ[i]
+        c[i] = cost_b[i] + _weighted_sum([p[i, j] for j in js], [cost_align[i, j] + c[j] for j in js])
+    return c[0]
+
+
+def local_cost(cost_b, cost_align, p):
+    """Eq. 9: every block's own cost plus its p-weighted incoming alignment costs, summed over all blocks."""
+    edges = list(p)
+    return sum(cost_b[i] for i in range(len(cost_b))) + _weighted_sum([p[e] for e in edges],
+                                                                     [cost_align[e] for e in edges])
+
+
+class CostModel:
+    """The cost term of the search for one space and table: alpha, p -> the estimated network cost.
+
+    Holds, for every mixed layer of the super network, the table costs of its candidates, so
+    that one call computes Eq. 5 for all layers at once and then Eq. 6-7 (or Eq. 9) over the graph.
+    skip_price: a skip costs this fraction of the first candidate (SPEC.md, ResNet space);
+    None takes the space's own setting, 0 prices skips at their true cost (nothing).
+    """
+
+    def __init__(self, space, table, skip_price=None):
+        self.space, self.edges = space, list(space.edges)
+        price = space.skip_price if skip_price is None else skip_price
+        costs = table["costs"]
+        self.fixed = [sum(costs[s] for s in space.fixed_signatures(j)) for j in range(space.n + 1)]
+        rows = []
+        for slot in space.slots:
+            row = [costs[s] for s in slot.signatures()]
+            rows.append([price * row[0] if o == "skip" and len(row) > 1 else c
+                         for o, c in zip(slot.candidates, row)])
+        self.rows = rows
+        # group slots with the same number of candidates, so Eq. 5 is one batched call per group
+        self.groups = defaultdict(list)
+        for k, row in enumerate(rows):
+            self.groups[len(row)].append(k)
+        self.group_costs = {K: torch.tensor([rows[k] for k in ks], dtype=torch.float64)
+                            for K, ks in self.groups.items()}
+
+    def terms(self, alphas, p):
+        """cost_b (list over blocks), cost_align and p (dicts over edges) for the current alpha and p."""
+        slot_cost = [None] * len(self.rows)
+        for K, ks in self.groups.items():
+            a = torch.stack([alphas[k] for k in ks]).double()
+            for k, c in zip(ks, expected_cost(a, self.group_costs[K].to(a.device)).unbind()):
+                slot_cost[k] = c
+        cost_b = [torch.tensor(float(f), dtype=torch.float64) for f in self.fixed]
+        cost_align = {}
+        for slot, c in zip(self.space.slots, slot_cost):
+            if slot.edge:
+                cost_align[slot.edge] = c
+            else:
+                cost_b[slot.block] = cost_b[slot.block] + c
+        dev = p.device if isinstance(p, torch.Tensor) else "cpu"
+        cost_b = [c.to(dev) for c in cost_b]
+        p = dict(zip(self.edges, p.double().unbind() if isinstance(p, torch.Tensor) else p))
+        return cost_b, cost_align, p
+
+    def __call__(self, alphas, p, estimator="chained"):
+        fn = {"chained": chained_cost, "local": local_cost}[estimator]
+        return fn(*self.terms(alphas, p))
+
+
+def arch_cost(arch, table):
+    """The exact cost of a derived architecture: the sum of its operations' table costs."""
+    from viterbi import arch_signatures
+    costs = table["costs"]
+    total = 0.0
+    for s in arch_signatures(arch):
+        if s not in costs:
+            if table["metric"] != "flops":
+                raise UsageError(f"cost table lacks operation {s} of this architecture")
+            costs[s] = op_flops(s)
+        total += costs[s]
+    return total
+
+
+# ----------------------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--space", default="mbv2", help=f"search space ({', '.join(SPACES)}; default mbv2)")
+    ap.add_argument("--input-size", type=int, default=224, help="input image size (default 224)")
+    ap.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000)")
+    ap.add_argument("--connect", type=int, default=None, help="connection number M (default: the space's)")
+    ap.add_argument("--table", help="write the FLOPs table to this JSON file")
+    args = ap.parse_args()
+    space = get_space(args.space, args.input_size, 3, args.num_classes, args.connect)
+    table = flops_table(space)
+    if args.table:
+        save_json_atomic(table, args.table)
+    costs = table["costs"]
+    print(f"FLOPs table of '{space.name}' at {space.input_size}px: {len(costs)} distinct operations")
+    model = CostModel(space, table)
+    alphas = [torch.zeros(len(s.candidates)) for s in space.slots]
+    p = torch.cat([F.softmax(torch.zeros(b - a), 0) for a, b in space.out_slices])
+    print(f"uniform alpha and beta: chained estimate {model(alphas, p) / 1e6:.1f}M FLOPs, "
+          f"local estimate {model(alphas, p, 'local') / 1e6:.1f}M FLOPs")
+    top = sorted(costs.items(), key=lambda kv: -kv[1])[:5]
+    print("most expensive operations: " + ", ".join(f"{s} {c / 1e6:.1f}M" for s, c in top))
+    if args.table:
+        print(f"wrote {args.table}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

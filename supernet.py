@@ -1,0 +1,434 @@
+"""The densely connected search space of DenseNAS (Sec. 3.1) and its relaxation (Sec. 3.2).
+
+Read top to bottom: candidate operations, the BasicLayer (Eq. 1-2), the RoutingBlock
+(Eq. 4), the dense SuperNet with its path probabilities (Eq. 3), and the search spaces
+(`mbv2`, `resnet`, `toy`) as SPEC.md gives them.
+
+    python supernet.py --space mbv2 --describe [--input-size N] [--num-classes K] [--connect M]
+"""
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class UsageError(ValueError):
+    """Bad input from the user: the CLIs print it as one line and exit with code 2."""
+
+
+def run_cli(main):
+    """Run a CLI entry point; a UsageError becomes one line on stderr and exit code 2."""
+    try:
+        main()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ----------------------------------------------------------------------------------------
+# Candidate operations (Sec. 3.1.1; arXiv v1 Table 1; SPEC.md "Candidate operations")
+
+MBCONVS = [f"mbconv_k{k}_e{e}" for k in (3, 5, 7) for e in (3, 6)]
+OPS = MBCONVS + ["mbconv_k3_e1", "skip", "basic_block", "bottleneck"]
+# fixed parts of a network, priced in the same cost tables as the candidates
+FIXED_OPS = ["conv3x3", "conv1x1", "linear"]
+
+
+def conv_bn(c_in, c_out, k, stride=1, groups=1, affine=False):
+    return [nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine)]
+
+
+def activation(act):
+    return {"relu6": nn.ReLU6, "relu": nn.ReLU}[act](inplace=True)
+
+
+class MBConv(nn.Module):
+    """Inverted residual of MobileNetV2: 1x1 expand (absent when e = 1), kxk depthwise, 1x1 linear."""
+
+    def __init__(self, c_in, c_out, k, e, stride, affine=False):
+        super().__init__()
+        hidden = c_in * e
+        layers = []
+        if e != 1:
+            layers += conv_bn(c_in, hidden, 1, affine=affine) + [nn.ReLU6(inplace=True)]
+        layers += conv_bn(hidden, hidden, k, stride, groups=hidden, affine=affine) + [nn.ReLU6(inplace=True)]
+        layers += conv_bn(hidden, c_out, 1, affine=affine)
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x):
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class ResBlock(nn.Module):
+    """ResNet's basic block (two 3x3) or bottleneck (1x1, 3x3 with the stride, 1x1 to c_out = 4x middle)."""
+
+    def __init__(self, c_in, c_out, stride, bottleneck=False, affine=False):
+        super().__init__()
+        if bottleneck:
+            mid = c_out // 4
+            body = (conv_bn(c_in, mid, 1, affine=affine) + [nn.ReLU(inplace=True)]
+                    + conv_bn(mid, mid, 3, stride, affine=affine) + [nn.ReLU(inplace=True)]
+                    + conv_bn(mid, c_out, 1, affine=affine))
+        else:
+            body = (conv_bn(c_in, c_out, 3, stride, affine=affine) + [nn.ReLU(inplace=True)]
+                    + conv_bn(c_out, c_out, 3, affine=affine))
+        self.body = nn.Sequential(*body)
+        same = stride == 1 and c_in == c_out
+        self.shortcut = nn.Identity() if same else nn.Sequential(*conv_bn(c_in, c_out, 1, stride, affine=affine))
+
+    def forward(self, x):
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+def make_op(name, c_in, c_out, stride=1, affine=False, act="relu6"):
+    """One operation by name. `act` is the activation of the fixed convs (stem, ending block)."""
+    if stride not in (1, 2):
+        raise UsageError(f"stride must be 1 or 2, got {stride}")
+    if name.startswith("mbconv_k"):
+        if name not in OPS:
+            raise UsageError(f"unknown op '{name}'")
+        k, e = (int(s[1:]) for s in name.split("_")[1:])
+        return MBConv(c_in, c_out, k, e, stride, affine)
+    if name == "skip":
+        if stride != 1 or c_in != c_out:
+            raise UsageError(f"skip cannot map {c_in} to {c_out} channels with stride {stride}")
+        return nn.Identity()
+    if name in ("basic_block", "bottleneck"):
+        if name == "bottleneck" and c_out % 4:
+            raise UsageError(f"bottleneck width {c_out} is not a multiple of 4")
+        return ResBlock(c_in, c_out, stride, name == "bottleneck", affine)
+    if name in ("conv3x3", "conv1x1"):
+        return nn.Sequential(*conv_bn(c_in, c_out, int(name[4]), stride, affine=affine), activation(act))
+    if name == "linear":
+        return nn.Linear(c_in, c_out)
+    raise UsageError(f"unknown op '{name}' (known: {', '.join(OPS + FIXED_OPS)})")
+
+
+def init_weights(model):
+    """He initialisation for convolutions, as in the ResNet and MobileNetV2 papers."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------------------
+# Relaxed layers and blocks (Sec. 3.2)
+
+class BasicLayer(nn.Module):
+    """A set of candidate operations mixed by softmax(alpha) (Eq. 1-2).
+
+    The shape-alignment branches of a routing block are BasicLayers too (c_in -> c_out,
+    stride 1 or 2, no skip among their candidates; Sec. 3.1.2). `slot` is this layer's
+    index in SuperNet.layers, which is where the search keeps its sampled candidates.
+    """
+
+    def __init__(self, candidates, c_in, c_out, stride, resolution, act="relu6"):
+        super().__init__()
+        self.candidates = list(candidates)
+        self.c_in, self.c_out, self.stride, self.resolution = c_in, c_out, stride, resolution
+        self.ops = nn.ModuleList(make_op(n, c_in, c_out, stride, act=act) for n in self.candidates)
+        self.alpha = nn.Parameter(torch.zeros(len(self.candidates)))
+        self.slot = None
+
+    def forward(self, x, sample=None):
+        if sample is None:  # Eq. 2 over all candidates
+            w = F.softmax(self.alpha, 0)
+            return sum(w[k] * op(x) for k, op in enumerate(self.ops))
+        if len(sample) == 1:  # dropping-path, weight step: softmax over one candidate is 1
+            return self.ops[sample[0]](x)
+        w = F.softmax(self.alpha[list(sample)], 0)  # Eq. 2 restricted to the sampled subset
+        return sum(w[t] * self.ops[k](x) for t, k in enumerate(sample))
+
+
+def signature(op, c_in, c_out, stride, resolution):
+    """The key of an operation in a cost table: identical operations share one entry."""
+    return f"{op}/{c_in}/{c_out}/{stride}/{resolution}"
+
+
+class RoutingBlock(nn.Module):
+    """B_j: one shape-alignment branch per incoming block, their p-weighted sum (Eq. 4), then basic layers."""
+
+    def __init__(self, space, j):
+        super().__init__()
+        self.sources = [i for (i, k) in space.edges if k == j]
+        slots = [(k, s) for k, s in enumerate(space.slots) if s.block == j]
+        self.branches = nn.ModuleList(BasicLayer(*s.make_args(space.act)) for _, s in slots if s.edge)
+        self.layers = nn.ModuleList(BasicLayer(*s.make_args(space.act)) for _, s in slots if not s.edge)
+        for (k, _), layer in zip(slots, list(self.branches) + list(self.layers)):
+            layer.slot = k
+
+    def forward(self, inputs, p_in, samples=None):
+        """inputs: the outputs b_i of self.sources; p_in: their path probabilities p_ij (Eq. 4)."""
+        s = samples or {}
+        x = sum(p_in[k] * br(x_i, s.get(br.slot)) for k, (br, x_i) in enumerate(zip(self.branches, inputs)))
+        for layer in self.layers:
+            x = layer(x, s.get(layer.slot))
+        return x
+
+
+class SuperNet(nn.Module):
+    """The dense super network (Sec. 3.1.3): B_0 (stem), routing blocks B_1..B_{n-1}, ending block B_n.
+
+    beta holds one parameter per connection (i, j), in the order of space.edges; the path
+    probabilities p_ij are a softmax over each block's outgoing connections (Eq. 3) and weight
+    the incoming branches of B_j (Eq. 4). The ending block is a routing block whose branches
+    are 1x1 convs to the final width, followed by pooling and the classifier.
+    """
+
+    def __init__(self, space):
+        super().__init__()
+        self.space = space
+        b0 = space.blocks[0]
+        stem = [make_op("conv3x3", space.in_channels, space.stem_out, space.stem_stride, act=space.act)]
+        stem += [make_op(o, space.stem_out, b0.channels, 1) for o in space.b0_ops]
+        self.stem = nn.Sequential(*stem)
+        self.blocks = nn.ModuleList(RoutingBlock(space, j) for j in range(1, space.n + 1))
+        self.classifier = nn.Linear(space.end_width, space.num_classes)
+        self.beta = nn.Parameter(torch.zeros(len(space.edges)))
+        # every mixed layer, in the order of space.slots (layer.slot is its index here)
+        self.layers = sorted((m for blk in self.blocks for m in list(blk.branches) + list(blk.layers)),
+                             key=lambda m: m.slot)
+        self._edge_index = {e: k for k, e in enumerate(space.edges)}
+        self._in_edges = [[self._edge_index[(i, j)] for i in blk.sources]
+                          for j, blk in enumerate(self.blocks, start=1)]
+        init_weights(self)
+
+    def path_probs(self):
+        """p_ij for every edge (Eq. 3): softmax of beta over the outgoing connections of each B_i."""
+        return torch.cat([F.softmax(self.beta[a:b], 0) for a, b in self.space.out_slices])
+
+    def forward(self, x, samples=None):
+        """samples: None (every candidate, Eq. 2) or {slot: [candidate indices]} (dropping-path)."""
+        p = self.path_probs()
+        outs = [self.stem(x)]
+        for blk, idx in zip(self.blocks, self._in_edges):
+            outs.append(blk([outs[i] for i in blk.sources], p[idx], samples))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(outs[-1], 1), 1))
+
+    def alphas(self):
+        return [layer.alpha for layer in self.layers]
+
+    def arch_parameters(self):
+        return self.alphas() + [self.beta]
+
+    def weight_parameters(self):
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+
+def count_params(params):
+    return sum(p.numel() for p in params if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------------------
+# Search spaces (SPEC.md)
+
+@dataclass(frozen=True)
+class Block:
+    index: int
+    channels: int
+    resolution: int
+    level: int  # number of halvings after the stem output (resolution = stem output / 2**level)
+    stage: int
+    layers: int
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One mixed layer of the super network: the branch of edge (i, j) in B_j, or basic layer `layer` of B_j."""
+    block: int
+    edge: tuple  # (i, j) for a shape-alignment branch, None for a basic layer
+    layer: int  # index among B_j's basic layers, None for a branch
+    candidates: tuple
+    c_in: int
+    c_out: int
+    stride: int
+    resolution: int  # input resolution
+
+    def make_args(self, act):
+        return self.candidates, self.c_in, self.c_out, self.stride, self.resolution, act
+
+    def signatures(self):
+        return [signature(o, self.c_in, self.c_out, self.stride, self.resolution) for o in self.candidates]
+
+
+@dataclass(frozen=True)
+class SpaceDef:
+    """A search space independent of input size: stem, B_0's fixed layers, routing blocks, ending width."""
+    name: str
+    stem_out: int
+    b0_ops: tuple  # fixed layers of B_0 after the stem conv
+    b0_out: int
+    blocks: tuple  # (channels, level, stage, layers) for B_1 .. B_{n-1}
+    end_width: int
+    candidates: tuple  # basic-layer candidates
+    align_candidates: tuple  # shape-alignment candidates
+    act: str
+    connect: int  # M
+    skip_price: float = 0.0  # cost of skip as a fraction of the first candidate's (SPEC.md, ResNet)
+
+
+MBV2 = SpaceDef(
+    "mbv2", 16, ("mbconv_k3_e1",), 16,
+    tuple([(24, 1, 1, 3)] + [(c, 2, 2, 3) for c in (32, 40, 48)] + [(c, 3, 3, 3) for c in (56, 64, 72)]
+          + [(c, 3, 4, 3) for c in (96, 112, 128)] + [(c, 4, 5, 3) for c in (160, 176, 192)]
+          + [(c, 4, 6, 0) for c in (320, 352, 384)]),
+    1984, tuple(MBCONVS + ["skip"]), tuple(MBCONVS), "relu6", 4)
+
+RESNET = SpaceDef(
+    "resnet", 32, (), 32,
+    tuple([(c, 1, 1, 0) for c in (48, 56, 64)] + [(c, 2, 2, 5) for c in (72, 96, 112)]
+          + [(c, 3, 3, 15) for c in (128, 144, 160, 176)] + [(c, 3, 4, 5) for c in (192, 208, 224)]
+          + [(c, 4, 5, 5) for c in (240, 256, 272, 288)] + [(c, 4, 6, 1) for c in (480, 496, 512)]),
+    512, ("basic_block", "skip"), ("basic_block",), "relu", 10, skip_price=0.1)
+
+# small enough that a forward+backward of the whole super network takes well under a second
+TOY = SpaceDef(
+    "toy", 8, ("mbconv_k3_e1",), 8,
+    ((12, 1, 1, 1), (16, 2, 2, 1), (20, 2, 2, 1), (24, 3, 3, 1), (32, 3, 3, 1), (40, 3, 4, 0)),
+    64, tuple(MBCONVS + ["skip"]), tuple(MBCONVS), "relu6", 3)
+
+SPACES = {s.name: s for s in (MBV2, RESNET, TOY)}
+
+
+def halve(r, times):
+    """Spatial size after `times` stride-2 convs with padding k//2: ceil(r/2) each time."""
+    for _ in range(times):
+        r = (r + 1) // 2
+    return r
+
+
+@dataclass
+class Space:
+    """A space made concrete for an input size, class count and connection number M."""
+    defn: SpaceDef
+    input_size: int = 224
+    in_channels: int = 3
+    num_classes: int = 1000
+    connect: int = None
+    blocks: list = field(init=False)  # B_0 .. B_n (B_n is the ending block)
+    edges: list = field(init=False)  # (i, j), sorted by i then j
+    out_slices: list = field(init=False)  # [a, b) of edges leaving B_i, for i = 0 .. n-1
+    slots: list = field(init=False)  # every mixed layer: B_1's branches then layers, B_2's, ..., B_n's
+
+    def __post_init__(self):
+        d = self.defn
+        self.connect = d.connect if self.connect is None else self.connect
+        if self.connect < 1:
+            raise UsageError(f"the connection number M must be at least 1, got {self.connect}")
+        if self.input_size < 8:
+            raise UsageError(f"input size {self.input_size} is too small (at least 8)")
+        # at 224 the stem halves the input (the paper's resolutions); under 64 px it keeps it (CIFAR)
+        self.stem_stride = 2 if self.input_size >= 64 else 1
+        r0 = halve(self.input_size, self.stem_stride - 1)
+        rows = [(d.b0_out, 0, 0, 0)] + list(d.blocks)
+        last = d.blocks[-1]
+        rows.append((d.end_width, last[1], last[2] + 1, 0))  # ending block: one stage past the last
+        self.blocks = [Block(k, c, halve(r0, lv), lv, st, nl) for k, (c, lv, st, nl) in enumerate(rows)]
+        self.edges = [(i, j) for i in range(self.n) for j in range(i + 1, self.n + 1) if self.connects(i, j)]
+        self.out_slices = []
+        for i in range(self.n):
+            ks = [k for k, (a, _) in enumerate(self.edges) if a == i]
+            if not ks:
+                raise UsageError(f"space '{d.name}': block {i} has no outgoing connection with M={self.connect}")
+            self.out_slices.append((ks[0], ks[-1] + 1))
+        self.slots = []
+        for j in range(1, self.n + 1):
+            b = self.blocks[j]
+            sources = [i for i, k in self.edges if k == j]
+            if not sources:
+                raise UsageError(f"space '{d.name}': block {j} has no incoming connection with M={self.connect}")
+            self.slots += [Slot(j, (i, j), None, tuple(self.align_candidates_for(i, j)), self.blocks[i].channels,
+                                b.channels, self.stride(i, j), self.blocks[i].resolution) for i in sources]
+            self.slots += [Slot(j, None, l, tuple(d.candidates), b.channels, b.channels, 1, b.resolution)
+                           for l in range(b.layers)]
+
+    def __getattr__(self, name):  # the definition's fields (name, act, candidates, ...) read through
+        if name == "defn":
+            raise AttributeError(name)
+        return getattr(self.defn, name)
+
+    @property
+    def n(self):
+        """Index of the ending block; routing blocks are B_1 .. B_{n-1}."""
+        return len(self.defn.blocks) + 1
+
+    def connects(self, i, j):
+        """C_ij exists when j - i <= M, H_i / H_j is 1 or 2 and the stage rises by at most one (Sec. 3.1.3)."""
+        a, b = self.blocks[i], self.blocks[j]
+        return 0 < j - i <= self.connect and 0 <= b.level - a.level <= 1 and 0 <= b.stage - a.stage <= 1
+
+    def stride(self, i, j):
+        return 2 ** (self.blocks[j].level - self.blocks[i].level)
+
+    def align_candidates_for(self, i, j):
+        """Candidates of the branch B_i -> B_j; the ending block's branches are fixed 1x1 convs,
+        or the identity where B_i already has the final width (the derived ResNets, Table 6)."""
+        if j < self.n:
+            return self.align_candidates
+        return ["skip"] if self.blocks[i].channels == self.end_width and self.stride(i, j) == 1 else ["conv1x1"]
+
+    def fixed_signatures(self, j):
+        """The operations of B_j that are not searched: the stem and B_0's fixed layers, the classifier."""
+        if j == 0:
+            return ([signature("conv3x3", self.in_channels, self.stem_out, self.stem_stride, self.input_size)]
+                    + [signature(o, self.stem_out, self.b0_out, 1, self.blocks[0].resolution) for o in self.b0_ops])
+        if j == self.n:
+            return [signature("linear", self.end_width, self.num_classes, 1, 1)]
+        return []
+
+    def describe(self, params=None):
+        return {"space": self.name, "input_size": self.input_size,
+                "blocks": [{"index": b.index, "channels": b.channels, "resolution": b.resolution,
+                            "stage": b.stage, "layers": b.layers} for b in self.blocks],
+                "edges": [list(e) for e in self.edges], "params": params}
+
+
+def get_space(name, input_size=224, in_channels=3, num_classes=1000, connect=None):
+    if name not in SPACES:
+        raise UsageError(f"unknown space '{name}' (known: {', '.join(SPACES)})")
+    return Space(SPACES[name], input_size, in_channels, num_classes, connect)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--space", default="mbv2", help="search space: mbv2, resnet or toy (default mbv2)")
+    ap.add_argument("--describe", action="store_true", help="print the super network as one JSON object")
+    ap.add_argument("--input-size", type=int, default=224, help="input image size (default 224)")
+    ap.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
+    ap.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000)")
+    ap.add_argument("--connect", type=int, default=None, help="connection number M (default: the space's)")
+    args = ap.parse_args()
+    space = get_space(args.space, args.input_size, args.in_channels, args.num_classes, args.connect)
+    with torch.device("meta"):  # shapes only: the parameter count needs no memory or compute
+        net = SuperNet(space)
+    desc = space.describe(count_params(net.weight_parameters()))
+    if args.describe:
+        print(json.dumps(desc))
+    else:
+        print(f"space {space.name} at {space.input_size}px, M={space.connect}: {len(space.blocks)} blocks "
+              f"(B_0..B_{space.n}), {len(space.edges)} connections, {len(net.layers)} mixed layers, "
+              f"{desc['params']:,} weights")
+        for b in space.blocks:
+            outs = [j for i, j in space.edges if i == b.index]
+            print(f"  B_{b.index:<2d} {b.channels:4d} ch @ {b.resolution:3d}px  stage {b.stage}  "
+                  f"{b.layers} layers  -> {outs}")
+        print("(--describe prints this as JSON)")
+
+
+if __name__ == "__main__":
+    run_cli(main)

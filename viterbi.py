@@ -1,0 +1,204 @@
+"""Deriving the final architecture (Sec. 3.4): argmax alpha per layer and the Viterbi algorithm
+over the path probabilities (supplement A.2, Algorithm 1); and the arch file it writes.
+
+The arch file (JSON) is what search.py writes and retrain.py reads:
+  {"space": "mbv2", "input_size": 224, "in_channels": 3, "num_classes": 1000,
+   "stem": {"out": 16, "stride": 2},
+   "blocks": [{"in": 16, "out": 24, "stride": 2, "head": "mbconv_k3_e6", "layers": ["mbconv_k5_e3"]}, ...],
+   "last": {"out": 1984} or null}
+Channels are tensor widths. `head` is the block's first operation (its shape-alignment layer);
+`last` is the final 1x1 conv (null: the last block feeds pooling directly).
+
+    python viterbi.py --arch FILE                    summarise an arch file
+    python viterbi.py --space toy [--seed S]         derive an arch from random alpha, beta and print it
+"""
+import argparse
+import json
+import random
+
+from supernet import OPS, SPACES, UsageError, get_space, halve, run_cli, signature
+
+
+def viterbi(p, n):
+    """Algorithm 1: the maximum-probability block sequence from B_0 to B_n.
+
+    p maps (j, i) to the transition probability from B_j to B_i. Lines 4-5 of Algorithm 1 print
+    P[i-1] * p_ji; the maximum-product path needs P[j] * p_ji (SPEC.md), which we use.
+    """
+    preds = {i: [] for i in range(n + 1)}
+    for j, i in p:
+        preds[i].append(j)
+    P, S = [1.0] + [0.0] * n, [0] * (n + 1)  # line 1-2: probabilities, best predecessors
+    for i in range(1, n + 1):  # line 3-5; ties go to the earliest predecessor
+        if not preds[i]:
+            raise ValueError(f"block {i} has no incoming connection")
+        S[i] = max(preds[i], key=lambda j: (P[j] * p[j, i], -j))
+        P[i] = P[S[i]] * p[S[i], i]
+    X, idx = [n], n
+    while idx != 0:
+        idx = S[idx]
+        X.append(idx)
+    return X[::-1]
+
+
+def argmax(values):
+    values = [float(v) for v in values]
+    return values.index(max(values))
+
+
+def derive(space, alphas, p):
+    """The final architecture (Sec. 3.4): Viterbi over p for the blocks, argmax alpha for every layer.
+
+    alphas: one sequence per mixed layer in space.slots order; p: a sequence over space.edges.
+    A chosen skip removes its layer; every kept block connects only to the next.
+    """
+    p = {e: float(v) for e, v in zip(space.edges, p)}
+    path = viterbi(p, space.n)
+    choice = {}
+    for slot, a in zip(space.slots, alphas):
+        choice[slot.edge or (slot.block, slot.layer)] = slot.candidates[argmax(a)]
+    b0 = space.blocks[0]
+    blocks = [{"in": space.stem_out, "out": b0.channels, "stride": 1, "head": o, "layers": []}
+              for o in space.b0_ops]
+    for i, j in zip(path[:-2], path[1:-1]):
+        b = space.blocks[j]
+        layers = [choice[j, l] for l in range(b.layers)]
+        blocks.append({"in": space.blocks[i].channels, "out": b.channels, "stride": space.stride(i, j),
+                       "head": choice[i, j], "layers": [o for o in layers if o != "skip"]})
+    end_op = choice[path[-2], path[-1]]
+    return {"space": space.name, "input_size": space.input_size, "in_channels": space.in_channels,
+            "num_classes": space.num_classes, "stem": {"out": space.stem_out, "stride": space.stem_stride},
+            "blocks": blocks, "last": None if end_op == "skip" else {"out": space.end_width},
+            "path": path}
+
+
+def derive_supernet(net):
+    """derive() on the current parameters of a SuperNet."""
+    return derive(net.space, [a.detach().cpu() for a in net.alphas()], net.path_probs().detach().cpu())
+
+
+# ----------------------------------------------------------------------------------------
+# The arch file
+
+def check_arch(arch):
+    """Raise UsageError naming the first problem of a malformed arch dict."""
+    def need(obj, key, kind, where):
+        if not isinstance(obj, dict) or key not in obj:
+            raise UsageError(f"arch file: {where} is missing '{key}'")
+        if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
+            raise UsageError(f"arch file: {where}.{key} has the wrong type")
+        return obj[key]
+
+    if need(arch, "space", str, "top level") not in SPACES:
+        raise UsageError(f"arch file: unknown space '{arch['space']}' (known: {', '.join(SPACES)})")
+    for key in ("input_size", "in_channels", "num_classes"):
+        if need(arch, key, int, "top level") < 1:
+            raise UsageError(f"arch file: {key} must be positive")
+    stem = need(arch, "stem", dict, "top level")
+    c = need(stem, "out", int, "stem")
+    if need(stem, "stride", int, "stem") not in (1, 2):
+        raise UsageError(f"arch file: stem stride must be 1 or 2, got {stem['stride']}")
+    for k, b in enumerate(need(arch, "blocks", list, "top level")):
+        where = f"blocks[{k}]"
+        if need(b, "in", int, where) != c:
+            raise UsageError(f"arch file: {where} takes {b['in']} channels but the layer before gives {c}")
+        c = need(b, "out", int, where)
+        if need(b, "stride", int, where) not in (1, 2):
+            raise UsageError(f"arch file: {where} has stride {b['stride']} (must be 1 or 2)")
+        ops = [need(b, "head", str, where)] + need(b, "layers", list, where)
+        for o in ops:
+            if o not in OPS:
+                raise UsageError(f"arch file: {where} has unknown op '{o}'")
+        if b["head"] == "skip" and (b["in"] != b["out"] or b["stride"] != 1):
+            raise UsageError(f"arch file: {where} has a skip head that changes shape")
+        if any(o == "bottleneck" for o in ops) and c % 4:
+            raise UsageError(f"arch file: {where} uses bottleneck with width {c}, not a multiple of 4")
+        if c < 1:
+            raise UsageError(f"arch file: {where} has non-positive width")
+    if "last" not in arch:
+        raise UsageError("arch file: top level is missing 'last'")
+    if arch["last"] is not None:
+        need(arch["last"], "out", int, "last")
+
+
+def arch_ops(arch):
+    """The operations of an arch in network order, as (op, c_in, c_out, stride, input resolution).
+
+    retrain.py builds the network from this list and arch_signatures prices it from a table,
+    so the built network and its table cost cannot disagree.
+    """
+    check_arch(arch)
+    r, c, s = arch["input_size"], arch["in_channels"], arch["stem"]
+    ops = [("conv3x3", c, s["out"], s["stride"], r)]
+    r, c = halve(r, s["stride"] - 1), s["out"]
+    for b in arch["blocks"]:
+        ops.append((b["head"], c, b["out"], b["stride"], r))
+        r, c = halve(r, b["stride"] - 1), b["out"]
+        ops += [(o, c, c, 1, r) for o in b["layers"]]
+    if arch["last"] is not None:
+        ops.append(("conv1x1", c, arch["last"]["out"], 1, r))
+        c = arch["last"]["out"]
+    ops.append(("linear", c, arch["num_classes"], 1, 1))  # after global average pooling
+    return ops
+
+
+def arch_signatures(arch):
+    return [signature(*op) for op in arch_ops(arch)]
+
+
+def load_arch(path):
+    try:
+        with open(path) as f:
+            arch = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"arch file {path} does not exist") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"arch file {path} is not valid JSON ({e})") from None
+    if not isinstance(arch, dict):
+        raise UsageError(f"arch file {path} does not hold a JSON object")
+    check_arch(arch)
+    return arch
+
+
+def arch_text(arch):
+    """A compact text form: one line per block with widths, stride and operations."""
+    s = arch["stem"]
+    lines = [f"stem conv3x3 {arch['in_channels']}->{s['out']} s{s['stride']} @ {arch['input_size']}px"]
+    for k, b in enumerate(arch["blocks"]):
+        ops = " ".join([b["head"]] + b["layers"])
+        lines.append(f"block {k:2d} {b['in']:4d}->{b['out']:<4d} s{b['stride']}  {ops}")
+    if arch["last"]:
+        lines.append(f"last conv1x1 ->{arch['last']['out']}")
+    lines.append(f"pool, linear ->{arch['num_classes']}")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", help="an arch file to summarise")
+    ap.add_argument("--space", default="toy", help=f"derive from random parameters in this space ({', '.join(SPACES)})")
+    ap.add_argument("--input-size", type=int, default=224, help="input size for --space (default 224)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random alpha and beta (default 0)")
+    ap.add_argument("--out", help="write the derived arch file here")
+    args = ap.parse_args()
+    if args.arch:
+        arch = load_arch(args.arch)
+    else:
+        import torch
+        space = get_space(args.space, args.input_size)
+        g = torch.Generator().manual_seed(args.seed)
+        alphas = [torch.randn(len(s.candidates), generator=g) for s in space.slots]
+        beta = torch.randn(len(space.edges), generator=g)
+        p = torch.cat([torch.softmax(beta[a:b], 0) for a, b in space.out_slices])
+        arch = derive(space, alphas, p)
+        print(f"Viterbi path through the blocks: {' -> '.join(f'B_{i}' for i in arch['path'])}")
+        if args.out:
+            from cost import save_json_atomic  # late, as below
+            save_json_atomic(arch, args.out)
+    from cost import op_flops  # cost.py imports this module, so import it late
+    print(arch_text(arch))
+    print(f"FLOPs {sum(op_flops(s) for s in arch_signatures(arch)) / 1e6:.1f}M")
+
+
+if __name__ == "__main__":
+    run_cli(main)
