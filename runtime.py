@@ -1,0 +1,216 @@
+"""Devices, distribution, checkpoints and progress: the plumbing that search.py and retrain.py share.
+
+This file exists so both programs launch, average gradients, save and report the same way.
+Distribution follows DistributedDataParallel's semantics, written out: one process per device
+(`--gpus N` with NCCL, `--procs N` on the CPU with gloo, or under torchrun), gradients
+averaged over ranks after every backward pass, and rank 0's buffers (BN statistics)
+broadcast to all ranks, so every rank ends every step with identical parameters.
+
+    python runtime.py     prints what this machine offers (devices, threads, backends)
+"""
+import math
+import os
+import socket
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from supernet import UsageError
+
+
+def add_device_args(ap):
+    g = ap.add_argument_group("devices and distribution")
+    g.add_argument("--gpus", type=int, default=0, help="train on N GPUs, one process each, NCCL (default 0: CPU)")
+    g.add_argument("--procs", type=int, default=1, help="on the CPU: N processes with gloo (default 1)")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    g.add_argument("--workers", type=int, default=None, help="data-loading workers per process (default 4 on CUDA, 0 on CPU)")
+
+
+def under_torchrun():
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def check_devices(args):
+    if args.gpus < 0 or args.procs < 1:
+        raise UsageError("--gpus must be >= 0 and --procs >= 1")
+    if args.gpus and args.procs > 1:
+        raise UsageError("--gpus and --procs exclude each other")
+    if args.gpus and not under_torchrun():
+        have = torch.cuda.device_count()
+        if have < args.gpus:
+            raise UsageError(f"--gpus {args.gpus} asked for, but {have} CUDA device(s) are visible")
+    if args.amp and not args.gpus and not (under_torchrun() and torch.cuda.is_available()):
+        raise UsageError("--amp needs CUDA (--gpus N)")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(worker, args):
+    """Run worker(rank, world, device, args) in every process of the run."""
+    if under_torchrun():
+        rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+        cuda = torch.cuda.is_available()
+        return _worker(rank, world, local if cuda else None, args, worker, None)
+    world = args.gpus or args.procs
+    if world == 1:
+        return _worker(0, 1, 0 if args.gpus else None, args, worker, None)
+    port = free_port()
+    mp.spawn(_spawned, args=(world, args, worker, port), nprocs=world, join=True)
+
+
+def _spawned(rank, world, args, worker, port):
+    _worker(rank, world, rank if args.gpus else None, args, worker, port)
+
+
+def _worker(rank, world, gpu, args, worker, port):
+    if gpu is not None:
+        torch.cuda.set_device(gpu)
+        torch.backends.cudnn.benchmark = True
+        device = torch.device("cuda", gpu)
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        if port is not None:
+            os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+        dist.init_process_group("nccl" if gpu is not None else "gloo", rank=rank, world_size=world)
+        if gpu is None:  # share the cores between the processes instead of oversubscribing them
+            torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    try:
+        return worker(rank, world, device, args)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def world_size():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def average_gradients(params):
+    """All-reduce the gradients of `params` and divide by the world size, as DDP does."""
+    if world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_buffers(model):
+    """Copy rank 0's buffers (BN running statistics) to every rank, as DDP does before each forward."""
+    if world_size() == 1:
+        return
+    bufs = [b for b in model.buffers() if b.dtype.is_floating_point]
+    flat = torch.cat([b.reshape(-1) for b in bufs])
+    dist.broadcast(flat, 0)
+    offset = 0
+    for b in bufs:
+        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
+def check_in_sync(model):
+    """Raise unless every rank holds exactly rank 0's parameters and buffers (used by --check-sync)."""
+    if world_size() == 1:
+        return
+    flat = torch.cat([t.detach().reshape(-1).double() for t in list(model.parameters()) + list(model.buffers())])
+    ref = flat.clone()
+    dist.broadcast(ref, 0)
+    if not torch.equal(flat, ref):
+        raise RuntimeError(f"rank {dist.get_rank()} diverged from rank 0")
+
+
+def all_reduce_sum(values, device):
+    """Sum a list of numbers over ranks."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def barrier():
+    if world_size() > 1:
+        dist.barrier()
+
+
+def save_atomic(obj, path):
+    """torch.save through a temp file and a rename: a crash never leaves half a checkpoint."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # any unreadable file is the user's problem to hear about, in one line
+        raise UsageError(f"checkpoint {path} cannot be read ({type(e).__name__}); it is corrupt or not a checkpoint") from None
+
+
+def cosine_lr(step, total, lr_max, lr_min):
+    """Cosine annealing from lr_max to lr_min over `total` steps (SGDR without restarts)."""
+    t = min(step, total) / max(total, 1)
+    return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * t))
+
+
+def fmt_time(s):
+    s = int(s)
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress:
+    """A line every `every` seconds with step/steps, running metrics, images/s and ETA."""
+
+    def __init__(self, name, steps, batch, remaining_after=0, every=5.0, enabled=True):
+        self.name, self.steps, self.batch, self.after = name, steps, batch, remaining_after
+        self.every, self.enabled = every, enabled
+        self.start = self.last = time.time()
+        self.sums, self.n, self.step = {}, 0, 0
+
+    def update(self, **metrics):
+        self.step += 1
+        self.n += 1
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        now = time.time()
+        if self.enabled and (now - self.last >= self.every or self.step == self.steps):
+            self.last = now
+            rate = self.step / (now - self.start)
+            eta = (self.steps - self.step + self.after) / max(rate, 1e-9)
+            shown = " ".join(f"{k} {v / self.n:.4g}" for k, v in self.sums.items())
+            print(f"{self.name} {self.step}/{self.steps} {shown} {rate * self.batch:.0f} img/s ETA {fmt_time(eta)}",
+                  flush=True)
+
+    def means(self):
+        return {k: v / max(self.n, 1) for k, v in self.sums.items()}
+
+    def images_per_s(self):
+        return self.step * self.batch / max(time.time() - self.start, 1e-9)
+
+
+def main():
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(f"CUDA devices: {torch.cuda.device_count()}" + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
+    print(f"backends: gloo {dist.is_gloo_available()}, nccl {dist.is_nccl_available()}")
+    print(f"under torchrun: {under_torchrun()}")
+    print("search.py and retrain.py take --gpus N (NCCL), --procs N (gloo, CPU), --amp, or run under torchrun")
+
+
+if __name__ == "__main__":
+    if "--help" in sys.argv or "-h" in sys.argv:
+        print(__doc__)
+    else:
+        main()

@@ -1,0 +1,435 @@
+"""The two-stage DenseNAS search (Sec. 3.4; supplement A.1, A.3).
+
+Stage 1 (--warmup-epochs): only the operation weights are trained; every step samples ONE
+candidate per layer from softmax(alpha) (dropping-path). Stage 2: every epoch first updates
+alpha and beta on the validation split (TWO sampled candidates per layer, loss = CE +
+lambda * log_tau(cost) of Eq. 8, Adam, then the rebias of Eq. 10), then the weights on the
+training split as in stage 1. After every epoch the architecture is derived (argmax alpha and
+Viterbi, viterbi.py) into OUT/arch.json; a checkpoint makes every run resumable.
+
+    python search.py --space toy --data fake --epochs 2 --warmup-epochs 1 --out runs/toy
+    python search.py --space mbv2 --data /imagenet --gpus 4         # the paper's search
+    python search.py --resume --out runs/toy                         # continue a run
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import runtime
+from cost import CostModel, arch_cost, check_table, flops_table, load_table, save_json_atomic
+from data import load_data, make_loader
+from supernet import SPACES, SuperNet, UsageError, get_space, run_cli
+from viterbi import arch_text, derive_supernet
+
+# The paper's settings (supplement A.1, A.4; SPEC.md "Search procedure"); toy is ours, for tests.
+PAPER = dict(lr=0.2, lr_min=1e-4, momentum=0.9, weight_decay=4e-5, label_smoothing=0.1,
+             arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3)
+DEFAULTS = {
+    "mbv2": dict(PAPER, epochs=150, warmup_epochs=50, batch_size=352, lam=0.15, tau=15.0),
+    "resnet": dict(PAPER, epochs=70, warmup_epochs=10, batch_size=512, lam=0.2, tau=3500.0),
+    "toy": dict(PAPER, epochs=4, warmup_epochs=2, batch_size=64, lam=0.15, tau=15.0),
+}
+# cost units of log_tau(cost) in Eq. 8: latency in ms (tau = 15), FLOPs in millions (tau = 3500)
+UNITS = {"flops": 1e6, "latency_ms": 1.0}
+CHECKPOINT = "checkpoint.pt"
+
+
+# ----------------------------------------------------------------------------------------
+# Dropping-path sampling and the rebias (supplement A.3)
+
+def sample_candidates(net, k, generator):
+    """{slot: k candidate indices drawn without replacement from softmax(alpha)} for every mixed layer.
+    The generator is seeded identically on every rank, so all ranks sample the same sub-network."""
+    samples = {}
+    for layer in net.layers:
+        probs = F.softmax(layer.alpha.detach().float().cpu(), 0)
+        m = min(k, len(probs))
+        samples[layer.slot] = torch.multinomial(probs, m, replacement=False, generator=generator).tolist()
+    return samples
+
+
+def rebias(alphas, old, samples):
+    """Eq. 10: bias_s = ln(sum_s exp(alpha_old) / sum_s exp(alpha_new)) is added to the updated
+    sampled alphas, so the softmax weight of every unsampled candidate is unchanged. Adam's
+    momentum and weight decay would also move the unsampled alphas; we hold those fixed."""
+    with torch.no_grad():
+        for slot, (a, a_old) in enumerate(zip(alphas, old)):
+            s = torch.tensor(samples[slot], device=a.device)
+            keep = torch.ones_like(a, dtype=torch.bool)
+            keep[s] = False
+            a[keep] = a_old[keep]
+            a[s] += torch.logsumexp(a_old[s], 0) - torch.logsumexp(a[s], 0)
+
+
+def set_trainable(params, flag):
+    for p in params:
+        p.requires_grad_(flag)
+
+
+# ----------------------------------------------------------------------------------------
+# One epoch of each stage
+
+def weight_epoch(ctx, epoch):
+    """Stage-1 step, also the weight half of stage 2: one sampled candidate per layer, SGD."""
+    a, net = ctx.args, ctx.net
+    loader = make_loader(ctx.data.train, a.batch_size, True, epoch, a.seed, ctx.rank, ctx.world,
+                         ctx.workers, ctx.cuda)
+    g = torch.Generator().manual_seed(a.seed * 1000 + epoch)
+    set_trainable(ctx.weights, True)
+    set_trainable(net.arch_parameters(), False)
+    net.train()
+    bar = ctx.progress(f"[epoch {epoch + 1}/{a.epochs} weights]", len(loader), epoch)
+    for x, y in loader:
+        x, y = ctx.to_device(x, y)
+        for group in ctx.w_opt.param_groups:
+            group["lr"] = runtime.cosine_lr(ctx.global_step, ctx.total_weight_steps, a.lr, a.lr_min)
+        samples = sample_candidates(net, 1, g)
+        with ctx.autocast():
+            logits = net(x, samples)
+            loss = ctx.criterion(logits.float(), y)
+        ctx.w_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        runtime.average_gradients(ctx.weights)
+        ctx.w_opt.step()
+        runtime.broadcast_buffers(net)
+        ctx.after_step()
+        ctx.global_step += 1
+        bar.update(loss=loss.item(), acc=(logits.argmax(1) == y).float().mean().item() * 100)
+    return {"train_" + k: v for k, v in bar.means().items()} | {"train_img_s": bar.images_per_s() * ctx.world}
+
+
+def arch_epoch(ctx, epoch):
+    """Stage-2 architecture step on the validation split: two sampled candidates per layer,
+    L = CE + lambda * log_tau(cost) (Eq. 8), Adam on alpha and beta, then the rebias (Eq. 10)."""
+    a, net = ctx.args, ctx.net
+    loader = make_loader(ctx.data.val, a.batch_size, True, epoch, a.seed + 1, ctx.rank, ctx.world,
+                         ctx.workers, ctx.cuda)
+    g = torch.Generator().manual_seed(a.seed * 1000 + epoch + 500)
+    alphas, arch = net.alphas(), net.arch_parameters()
+    set_trainable(ctx.weights, False)  # no weight gradients are needed for this step
+    set_trainable(arch, True)
+    net.train()
+    bar = ctx.progress(f"[epoch {epoch + 1}/{a.epochs} arch]", len(loader), epoch)
+    for x, y in loader:
+        x, y = ctx.to_device(x, y)
+        samples = sample_candidates(net, 2, g)
+        old = [al.detach().clone() for al in alphas]
+        with ctx.autocast():
+            logits = net(x, samples)
+        ce = ctx.criterion(logits.float(), y)
+        cost = ctx.cost_model(alphas, net.path_probs(), a.estimator) / ctx.unit
+        loss = ce + a.lam * torch.log(cost) / math.log(a.tau)  # Eq. 8
+        ctx.a_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        runtime.average_gradients(arch)
+        ctx.a_opt.step()
+        rebias(alphas, old, samples)
+        runtime.broadcast_buffers(net)
+        ctx.after_step()
+        bar.update(loss=loss.item(), acc=(logits.argmax(1) == y).float().mean().item() * 100, cost=cost.item())
+    return {"arch_" + k: v for k, v in bar.means().items()}
+
+
+def evaluate(ctx):
+    """Accuracy of the super network on the validation split with every layer at its argmax
+    candidate and paths weighted by p. BN normalises with batch statistics (momentum 0, so the
+    running statistics are left as they are), as is usual for weight-sharing super networks."""
+    net = ctx.net
+    samples = {layer.slot: [int(layer.alpha.argmax())] for layer in net.layers}
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    net.train()
+    correct = total = 0
+    loader = make_loader(ctx.data.val, ctx.args.batch_size, False, 0, ctx.args.seed, ctx.rank, ctx.world,
+                         ctx.workers, ctx.cuda, drop_last=False)
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = ctx.to_device(x, y)
+            with ctx.autocast():
+                correct += (net(x, samples).argmax(1) == y).sum().item()
+            total += len(y)
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    correct, total = runtime.all_reduce_sum([correct, total], ctx.device)
+    return 100.0 * correct / max(total, 1)
+
+
+# ----------------------------------------------------------------------------------------
+# The run
+
+class Context:
+    """Everything one process of the search holds."""
+
+    def __init__(self, rank, world, device, args):
+        self.rank, self.world, self.device, self.args = rank, world, device, args
+        self.main = rank == 0
+        self.cuda = device.type == "cuda"
+        self.workers = args.workers if args.workers is not None else (4 if self.cuda else 0)
+        self.data = load_data(args.data, "search", args.seed, args.input_size, args.subset, args.classes,
+                              split_file=os.path.join(args.out, "split.json"))
+        self.space = get_space(args.space, self.data.input_size, self.data.in_channels, self.data.num_classes,
+                               args.connect)
+        self.table = resolve_table(args, self.space)
+        self.unit = UNITS.get(self.table["metric"], 1.0)
+        self.cost_model = CostModel(self.space, self.table)
+        torch.manual_seed(args.seed)
+        self.net = SuperNet(self.space).to(device)
+        if self.cuda:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.weights = self.net.weight_parameters()
+        self.w_opt = torch.optim.SGD(self.weights, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=args.arch_lr, betas=tuple(args.arch_betas),
+                                      weight_decay=args.arch_weight_decay)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+        self.steps_per_epoch = len(make_loader(self.data.train, args.batch_size, True, 0, args.seed, rank, world))
+        self.arch_steps = len(make_loader(self.data.val, args.batch_size, True, 0, args.seed, rank, world))
+        self.total_weight_steps = args.epochs * self.steps_per_epoch
+        self.global_step, self.epoch, self.best, self.synced_steps = 0, 0, None, 0
+
+    def to_device(self, x, y):
+        x = x.to(self.device, non_blocking=True)
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def after_step(self):
+        if self.args.check_sync:
+            runtime.check_in_sync(self.net)
+            self.synced_steps += 1
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.args.amp)
+
+    def progress(self, name, steps, epoch):
+        a = self.args
+        later = sum(self.steps_per_epoch + (self.arch_steps if e >= a.warmup_epochs else 0)
+                    for e in range(epoch + 1, a.epochs))
+        return runtime.Progress(name, steps, a.batch_size, later, every=a.log_every, enabled=self.main)
+
+    def state(self):
+        return {"config": run_config(self.args), "epoch": self.epoch, "global_step": self.global_step,
+                "best": self.best, "model": self.net.state_dict(), "w_opt": self.w_opt.state_dict(),
+                "a_opt": self.a_opt.state_dict(), "rng": torch.get_rng_state()}
+
+    def load(self, ck):
+        try:
+            self.net.load_state_dict(ck["model"])
+            self.w_opt.load_state_dict(ck["w_opt"])
+            self.a_opt.load_state_dict(ck["a_opt"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise UsageError(f"checkpoint does not match this super network ({str(e).splitlines()[0]})") from None
+        self.epoch, self.global_step, self.best = ck["epoch"], ck["global_step"], ck["best"]
+
+
+def resolve_table(args, space):
+    if args.cost == "latency":
+        table = load_table(args.lut)
+        check_table(table, space, f"latency table {args.lut}")
+        return table
+    return flops_table(space)
+
+
+def run_config(args):
+    """What a checkpoint must agree with to be resumed."""
+    keys = ("space", "data", "input_size", "subset", "classes", "connect", "seed", "epochs", "warmup_epochs",
+            "batch_size", "cost", "estimator")
+    return {k: getattr(args, k) for k in keys}
+
+
+def search_worker(rank, world, device, args):
+    ctx = Context(rank, world, device, args)
+    ck_path = os.path.join(args.out, CHECKPOINT)
+    log_path = os.path.join(args.out, "search_log.jsonl")
+    if args.resume and os.path.exists(ck_path):
+        ctx.load(runtime.load_checkpoint(ck_path))
+        if ctx.main:
+            print(f"resuming {args.out} at epoch {ctx.epoch + 1}/{args.epochs}", flush=True)
+    if ctx.main:
+        print(f"search space '{args.space}': {len(ctx.space.blocks)} blocks, {len(ctx.space.edges)} connections, "
+              f"{len(ctx.net.layers)} mixed layers; data {ctx.data.info}; {world} process(es) on {device}; "
+              f"cost {ctx.table['metric']} ({args.estimator} estimator)", flush=True)
+        keep_log_before(log_path, ctx.epoch)
+    for epoch in range(ctx.epoch, args.epochs):
+        t0 = time.time()
+        torch.manual_seed(args.seed * 1000 + epoch)  # everything random in this epoch follows from here
+        stage = "warmup" if epoch < args.warmup_epochs else "search"
+        rec = {"epoch": epoch + 1, "stage": stage}
+        if stage == "search":
+            rec |= arch_epoch(ctx, epoch)
+        rec |= weight_epoch(ctx, epoch)
+        rec["train_loss"], rec["train_acc"] = (v / world for v in runtime.all_reduce_sum(
+            [rec["train_loss"], rec["train_acc"]], device))
+        if epoch + 1 >= args.eval_from:
+            rec["val_acc"] = evaluate(ctx)
+        ctx.epoch = epoch + 1
+        if ctx.main:
+            end_of_epoch(ctx, rec, time.time() - t0, log_path)
+            runtime.save_atomic(ctx.state(), ck_path)
+        runtime.barrier()
+    if args.check_sync and ctx.main:
+        print(f"check-sync: all {world} ranks held identical weights, alpha and beta after each of "
+              f"{ctx.synced_steps} steps", flush=True)
+    if ctx.main:
+        finish(ctx)
+
+
+def keep_log_before(path, epoch):
+    """On resume, drop log lines of epochs the checkpoint does not hold (a kill may fall between the two)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip() and json.loads(ln)["epoch"] <= epoch]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(lines)
+    os.replace(path + ".tmp", path)
+
+
+def end_of_epoch(ctx, rec, seconds, log_path):
+    net, a = ctx.net, ctx.args
+    arch = derive_supernet(net)
+    with torch.no_grad():
+        est = ctx.cost_model(net.alphas(), net.path_probs(), a.estimator).item()
+    rec |= {"est_cost": est, "arch_cost": arch_cost(arch, ctx.table), "metric": ctx.table["metric"],
+            "path": arch["path"], "widths": [b["out"] for b in arch["blocks"]], "seconds": seconds}
+    save_json_atomic(arch, os.path.join(a.out, "arch.json"))
+    if "val_acc" in rec and (ctx.best is None or rec["val_acc"] > ctx.best["val_acc"]):
+        ctx.best = {"epoch": rec["epoch"], "val_acc": rec["val_acc"]}
+        save_json_atomic(arch, os.path.join(a.out, "arch_best.json"))
+    with open(log_path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    u = ctx.unit
+    val = f" val acc {rec['val_acc']:.2f}%" if "val_acc" in rec else ""
+    print(f"epoch {rec['epoch']}/{a.epochs} ({rec['stage']}) {fmt_secs(seconds)}: train loss {rec['train_loss']:.3f} "
+          f"acc {rec['train_acc']:.2f}%{val}; estimated cost {est / u:.3f}, derived arch cost "
+          f"{rec['arch_cost'] / u:.3f} ({ctx.table['metric']}{'/1e6' if u != 1 else ''}); "
+          f"widths {rec['widths']}", flush=True)
+
+
+def fmt_secs(s):
+    return runtime.fmt_time(s)
+
+
+def finish(ctx):
+    from retrain import profile  # late: retrain builds the stand-alone network
+    a = ctx.args
+    arch_path = os.path.join(a.out, "arch.json")
+    with open(arch_path) as f:
+        arch = json.load(f)
+    prof = profile(arch)
+    print("\nderived architecture (argmax alpha, Viterbi over p):")
+    print(arch_text(arch))
+    print(f"path {' -> '.join(f'B_{i}' for i in arch['path'])}; {prof['flops'] / 1e6:.2f}M FLOPs, "
+          f"{prof['params'] / 1e6:.3f}M params")
+    print(f"retrain it:  python retrain.py --arch {arch_path} --data {a.data}"
+          + (f" --gpus {a.gpus}" if a.gpus else ""))
+
+
+# ----------------------------------------------------------------------------------------
+# Command line
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--space", default="mbv2", help=f"search space: {', '.join(SPACES)} (default mbv2)")
+    ap.add_argument("--data", default="fashion-mnist",
+                    help="fashion-mnist (default), fake, or an ImageFolder root with train/<class>/*")
+    ap.add_argument("--out", default=None, help="output folder (default runs/search-SPACE)")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    ap.add_argument("--seed", type=int, default=0, help="seed of data order, sampling and init (default 0)")
+    ap.add_argument("--input-size", type=int, default=None,
+                    help="image size the space is built for (default 224 ImageFolder, 28 Fashion-MNIST, 32 fake)")
+    ap.add_argument("--subset", type=int, default=None, help="use the first N images of each split")
+    ap.add_argument("--classes", type=int, default=100, help="ImageFolder: classes drawn for the search (default 100)")
+    ap.add_argument("--connect", type=int, default=None, help="connection number M (default: the space's; Table 5)")
+    ap.add_argument("--cost", choices=["flops", "latency"], default=None,
+                    help="cost of Eq. 8: flops (default without --lut) or latency (needs --lut)")
+    ap.add_argument("--lut", help="latency table from latency.py")
+    ap.add_argument("--estimator", choices=["chained", "local"], default="chained",
+                    help="chained (Eq. 6-7, default) or local (Eq. 9, Table 7 ablation)")
+    ap.add_argument("--eval-from", type=int, default=None,
+                    help="evaluate the super network from this epoch on; keeps arch_best.json (default: first search epoch)")
+    ap.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines (default 5)")
+    ap.add_argument("--check-sync", action="store_true",
+                    help="verify after every step that all ranks hold identical parameters (slow; for tests)")
+    h = ap.add_argument_group("schedule and optimisers (defaults: the paper's, per space)")
+
+    def default_help(key, what):
+        return f"{what} (default: " + ", ".join(f"{s} {DEFAULTS[s][key]}" for s in DEFAULTS) + ")"
+
+    h.add_argument("--epochs", type=int, help=default_help("epochs", "total epochs"))
+    h.add_argument("--warmup-epochs", type=int, help=default_help("warmup_epochs", "weights-only epochs (stage 1)"))
+    h.add_argument("--batch-size", type=int, help=default_help("batch_size", "global batch size"))
+    h.add_argument("--lr", type=float, help=default_help("lr", "SGD learning rate, cosine per step"))
+    h.add_argument("--lr-min", type=float, help=default_help("lr_min", "final learning rate"))
+    h.add_argument("--momentum", type=float, help=default_help("momentum", "SGD momentum"))
+    h.add_argument("--weight-decay", type=float, help=default_help("weight_decay", "SGD weight decay"))
+    h.add_argument("--label-smoothing", type=float, help=default_help("label_smoothing", "label smoothing"))
+    h.add_argument("--arch-lr", type=float, help=default_help("arch_lr", "Adam learning rate for alpha, beta"))
+    h.add_argument("--arch-betas", type=float, nargs=2, help=default_help("arch_betas", "Adam betas"))
+    h.add_argument("--arch-weight-decay", type=float, help=default_help("arch_weight_decay", "Adam weight decay"))
+    h.add_argument("--lam", type=float, help=default_help("lam", "lambda of Eq. 8"))
+    h.add_argument("--tau", type=float, help=default_help("tau", "tau of Eq. 8 (cost in ms or MFLOPs)"))
+    runtime.add_device_args(ap)
+    args = ap.parse_args(argv)
+    if args.space not in DEFAULTS:
+        raise UsageError(f"unknown space '{args.space}' (known: {', '.join(SPACES)})")
+    for k, v in DEFAULTS[args.space].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.cost is None:
+        args.cost = "latency" if args.lut else "flops"
+    if args.cost == "latency" and not args.lut:
+        raise UsageError("--cost latency needs a table: --lut FILE (make one with latency.py)")
+    if args.cost == "flops" and args.lut:
+        raise UsageError("--lut is a latency table; drop it or use --cost latency")
+    if args.epochs < 1 or not 0 <= args.warmup_epochs <= args.epochs:
+        raise UsageError("need --epochs >= 1 and 0 <= --warmup-epochs <= --epochs")
+    if args.batch_size < 1 or args.batch_size % (args.gpus or args.procs):
+        raise UsageError(f"--batch-size {args.batch_size} must be positive and divisible by the number of processes")
+    if args.eval_from is None:
+        args.eval_from = args.warmup_epochs + 1
+    args.out = args.out or os.path.join("runs", f"search-{args.space}")
+    return args
+
+
+def check_run(args):
+    """Everything that can be refused is refused here, before anything is written to OUT."""
+    runtime.check_devices(args)
+    ck_path = os.path.join(args.out, CHECKPOINT)
+    if os.path.exists(ck_path) and not args.resume:
+        raise UsageError(f"{args.out} already holds a search checkpoint; use --resume to continue it "
+                         "or --out to start elsewhere")
+    data = load_data(args.data, "search", args.seed, args.input_size, args.subset, args.classes,
+                     split_file=None)
+    space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
+    resolve_table(args, space)
+    if args.resume and os.path.exists(ck_path):
+        ck = runtime.load_checkpoint(ck_path)
+        if not isinstance(ck, dict) or "config" not in ck:
+            raise UsageError(f"{ck_path} is not a search checkpoint")
+        want, have = run_config(args), ck["config"]
+        diff = [k for k in want if want[k] != have.get(k)]
+        if diff:
+            k = diff[0]
+            raise UsageError(f"checkpoint in {args.out} was made with {k}={have.get(k)!r}, this run has {want[k]!r}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_run(args)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "args.json"), "w") as f:
+        json.dump(vars(args), f, indent=1)
+    runtime.launch(search_worker, args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,33 @@
+"""Shared set-up: the modules under test are flat files in the repository root."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def _run_clis(commands):
+    """Run several `python SCRIPT ARGS...` commands from the repo root at once.
+
+    commands: {name: [script, arg, ...]}. Returns {name: CompletedProcess}. The processes run
+    concurrently (each spends most of its time importing torch), which keeps the suite fast.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    procs = {name: subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for name, argv in commands.items()}
+    results = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return results
+
+
+@pytest.fixture(scope="session")
+def run_clis():
+    """The function _run_clis: {name: [script, args...]} -> {name: CompletedProcess}, run concurrently."""
+    return _run_clis
