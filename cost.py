@@ -8,7 +8,6 @@ layers at batch 1, SPEC.md); latency tables (latency.py) use the same format.
     python cost.py --space mbv2 [--input-size N] [--table OUT.json]   build and summarise a FLOPs table
     python cost.py --space mbv2 --samples 1500 [--seed S] [--csv F]   chained vs local estimation (Fig. 6)
 """
-import argparse
 import json
 import math
 import os
@@ -19,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from supernet import UsageError, get_space, make_op, run_cli, SPACES
+from supernet import ArgumentParser, UsageError, get_space, make_op, run_cli, SPACES
 
 
 # ----------------------------------------------------------------------------------------
@@ -113,10 +112,10 @@ def load_table(path):
 
 def check_table(table, space, name="cost table"):
     """Refuse a table measured for another space, input size or connection number, or one that lacks an op."""
-    meta = table["meta"]
+    meta, want = table["meta"], table_meta(space)
     for key in ("space", "input_size", "connect"):
-        if meta.get(key) != getattr(space, key):
-            raise UsageError(f"{name} was built for {key}={meta.get(key)}, but the search uses {getattr(space, key)}")
+        if meta.get(key) != want[key]:
+            raise UsageError(f"{name} was built for {key}={meta.get(key)}, but the search uses {want[key]}")
     missing = [s for s in space_signatures(space) if s not in table["costs"]]
     if missing:
         raise UsageError(f"{name} lacks {len(missing)} operation(s) this space needs, e.g. {missing[0]}")
@@ -231,7 +230,7 @@ def arch_cost(arch, table):
 # ----------------------------------------------------------------------------------------
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(__doc__)
     ap.add_argument("--space", default="mbv2", help=f"search space ({', '.join(SPACES)}; default mbv2)")
     ap.add_argument("--input-size", type=int, default=224, help="input image size (default 224)")
     ap.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000)")

@@ -22,7 +22,6 @@ depends on (seed, epoch, position) only: not on the rank, the world size or the 
     python data.py --data fashion-mnist [--purpose search|retrain] [--seed S] [--input-size N]
     python data.py --data PATH [--classes 100] [--split-file split.json]
 """
-import argparse
 import gzip
 import json
 import math
@@ -37,7 +36,7 @@ import torchvision
 import torchvision.transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
-from supernet import UsageError, run_cli
+from supernet import ArgumentParser, UsageError, run_cli
 
 # where Fashion-MNIST is looked for, after $FASHION_MNIST_DIR (read at call time)
 FASHION_MNIST_DIRS = ["./data/fashion-mnist", "/usr/share/datasets/fashion-mnist"]
@@ -374,7 +373,7 @@ def make_loader(dataset, batch_size, shuffle, epoch, seed, rank=0, world=1, work
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(__doc__)
     ap.add_argument("--data", default="fashion-mnist", help="fake, fashion-mnist or an image-folder PATH")
     ap.add_argument("--purpose", default="search", choices=["search", "retrain"], help="which splits (default search)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the class draw and the split (default 0)")

@@ -9,7 +9,6 @@ augmentation. Top-1/top-5 on the evaluation set after every epoch, a checkpoint 
     python retrain.py --arch FILE --data /imagenet --gpus 8        the paper's retraining
     python retrain.py --arch FILE --weights OUT/model.pt --eval --data ...
 """
-import argparse
 import json
 import os
 import time
@@ -20,7 +19,7 @@ import torch.nn as nn
 import runtime
 from cost import count_flops, save_json_atomic
 from data import load_data, make_loader
-from supernet import SPACES, UsageError, count_params, init_weights, make_op, run_cli
+from supernet import ArgumentParser, SPACES, UsageError, count_params, init_weights, make_op, run_cli
 from viterbi import arch_ops, arch_text, load_arch
 
 
@@ -163,7 +162,7 @@ def retrain_config(args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(__doc__)
     ap.add_argument("--arch", required=True, help="arch file (JSON) written by search.py or by hand")
     ap.add_argument("--profile", action="store_true", help="print params and FLOPs of the network and stop")
     ap.add_argument("--data", default="fashion-mnist",

@@ -11,7 +11,6 @@ Viterbi, viterbi.py) into OUT/arch.json; a checkpoint makes every run resumable.
     python search.py --space mbv2 --data /imagenet --gpus 4         # the paper's search
     python search.py --resume --out runs/toy                         # continue a run
 """
-import argparse
 import json
 import math
 import os
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 import runtime
 from cost import CostModel, arch_cost, check_table, flops_table, load_table, save_json_atomic
 from data import load_data, make_loader
-from supernet import SPACES, SuperNet, UsageError, get_space, run_cli
+from supernet import ArgumentParser, SPACES, SuperNet, UsageError, get_space, run_cli
 from viterbi import arch_text, derive_supernet
 
 # The paper's settings (supplement A.1, A.4; SPEC.md "Search procedure"); toy is ours, for tests.
@@ -337,7 +336,7 @@ def finish(ctx):
 # Command line
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(__doc__)
     ap.add_argument("--space", default="mbv2", help=f"search space: {', '.join(SPACES)} (default mbv2)")
     ap.add_argument("--data", default="fashion-mnist",
                     help="fashion-mnist (default), fake, or an ImageFolder root with train/<class>/*")

@@ -21,6 +21,17 @@ class UsageError(ValueError):
     """Bad input from the user: the CLIs print it as one line and exit with code 2."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error printed as one line (exit code 2) instead of the whole usage block."""
+
+    def __init__(self, description=None, **kw):
+        super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def run_cli(main):
     """Run a CLI entry point; a UsageError becomes one line on stderr and exit code 2."""
     try:
@@ -405,7 +416,7 @@ def get_space(name, input_size=224, in_channels=3, num_classes=1000, connect=Non
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(__doc__)
     ap.add_argument("--space", default="mbv2", help="search space: mbv2, resnet or toy (default mbv2)")
     ap.add_argument("--describe", action="store_true", help="print the super network as one JSON object")
     ap.add_argument("--input-size", type=int, default=224, help="input image size (default 224)")

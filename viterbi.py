@@ -12,11 +12,10 @@ Channels are tensor widths. `head` is the block's first operation (its shape-ali
     python viterbi.py --arch FILE                    summarise an arch file
     python viterbi.py --space toy [--seed S]         derive an arch from random alpha, beta and print it
 """
-import argparse
 import json
 import random
 
-from supernet import OPS, SPACES, UsageError, get_space, halve, run_cli, signature
+from supernet import ArgumentParser, OPS, SPACES, UsageError, get_space, halve, run_cli, signature
 
 
 def viterbi(p, n):
@@ -174,7 +173,7 @@ def arch_text(arch):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(__doc__)
     ap.add_argument("--arch", help="an arch file to summarise")
     ap.add_argument("--space", default="toy", help=f"derive from random parameters in this space ({', '.join(SPACES)})")
     ap.add_argument("--input-size", type=int, default=224, help="input size for --space (default 224)")

@@ -1,0 +1,168 @@
+"""search.py: dropping-path sampling, the rebias of Eq. 10, a whole toy search, ranks in step,
+exact resume, and refusals of bad input."""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+import pytest
+from hypothesis import given, settings, strategies as st
+from PIL import Image
+
+from conftest import ROOT
+from cost import arch_cost, flops_table, save_json_atomic
+from retrain import profile
+import search
+from search import rebias, sample_candidates
+from supernet import get_space, run_cli
+
+TOY = ["search.py", "--space", "toy", "--data", "fake", "--subset", "64", "--batch-size", "32",
+       "--input-size", "16", "--log-every", "100"]
+
+
+def toy(**change):
+    """TOY with some flags' values changed, e.g. toy(space="nope")."""
+    argv = list(TOY)
+    for key, value in change.items():
+        argv[argv.index("--" + key.replace("_", "-")) + 1] = value
+    return argv
+
+
+def run(args, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, text=True, capture_output=True, **kw)
+
+
+def snapshot(folder):
+    """Name -> content hash of every file in folder: to prove a refused run wrote nothing."""
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(dirpath, f), folder)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(2, 8).flatmap(lambda k: st.tuples(
+    st.lists(st.floats(-5, 5), min_size=k, max_size=k),
+    st.lists(st.floats(-5, 5), min_size=k, max_size=k),
+    st.lists(st.integers(0, k - 1), min_size=2, max_size=2, unique=True))))
+def test_rebias_keeps_unsampled_softmax_weights(case):
+    """Eq. 10 (supplement A.3): after an update of any size, the rebias leaves every unsampled weight as it was."""
+    old, new, sample = case
+    old, alpha = torch.tensor(old, dtype=torch.float64), torch.tensor(new, dtype=torch.float64)
+    rebias([alpha], [old], {0: sample})
+    w_old, w_new = F.softmax(old, 0), F.softmax(alpha, 0)
+    unsampled = [k for k in range(len(old)) if k not in sample]
+    assert torch.allclose(w_new[unsampled], w_old[unsampled], rtol=1e-9, atol=1e-12)
+    assert torch.isclose(w_new[sample].sum(), w_old[sample].sum(), rtol=1e-9)
+    # the update itself survives within the sampled pair: their difference is the updated one
+    assert torch.isclose(alpha[sample[0]] - alpha[sample[1]],
+                         torch.tensor(new, dtype=torch.float64)[sample[0]] - torch.tensor(new, dtype=torch.float64)[sample[1]])
+
+
+def test_sampling_follows_softmax_alpha():
+    """Dropping-path (A.3): one candidate per layer is drawn with probability softmax(alpha)."""
+    alpha = torch.tensor([1.0, 0.0, -1.0, 2.0, 0.5])
+    net = SimpleNamespace(layers=[SimpleNamespace(alpha=alpha, slot=0)])
+    g = torch.Generator().manual_seed(0)
+    draws = 20000
+    counts = torch.zeros(5)
+    for _ in range(draws):
+        counts[sample_candidates(net, 1, g)[0][0]] += 1
+    p = F.softmax(alpha, 0)
+    assert torch.all((counts / draws - p).abs() < 4 * torch.sqrt(p * (1 - p) / draws) + 1e-3)
+    two = sample_candidates(net, 2, g)[0]
+    assert len(set(two)) == 2  # two different candidates, without replacement
+
+
+def test_toy_search_derives_an_arch_whose_logged_cost_is_exact(tmp_path):
+    """Sec. 3.4: 1 warm-up + 1 search epoch; the derived arch builds, profiles, and its logged cost is exact."""
+    out = tmp_path / "run"
+    r = run(TOY + ["--epochs", "2", "--warmup-epochs", "1", "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    arch = json.loads((out / "arch.json").read_text())
+    log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
+    assert [rec["stage"] for rec in log] == ["warmup", "search"]
+    assert "arch_loss" in log[1] and "val_acc" in log[1]
+    space = get_space("toy", 16, 3, 10)
+    exact = arch_cost(arch, flops_table(space))
+    assert log[-1]["arch_cost"] == exact == profile(arch)["flops"]
+    assert (out / "arch_best.json").exists() and (out / "checkpoint.pt").exists()
+    assert "retrain.py --arch" in r.stdout
+
+
+def test_two_ranks_hold_identical_parameters_after_every_step(tmp_path):
+    """--procs 2 (gloo): both ranks sample the same candidates and end each step with identical weights, alpha, beta."""
+    r = run(TOY + ["--epochs", "2", "--warmup-epochs", "1", "--procs", "2", "--check-sync", "--out", str(tmp_path / "r")])
+    assert r.returncode == 0, r.stderr
+    assert "check-sync: all 2 ranks held identical weights, alpha and beta after each of" in r.stdout
+
+
+def test_kill_and_resume_equals_the_uninterrupted_run(tmp_path):
+    """A run killed (SIGKILL) mid-way and resumed ends bitwise equal to the uninterrupted run."""
+    args = TOY + ["--epochs", "3", "--warmup-epochs", "1"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(args + ["--out", str(a)]).returncode == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, *args, "--out", str(b)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (b / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = torch.load(b / "checkpoint.pt", weights_only=False)["epoch"]
+    assert first < 3, "the run finished before it could be killed"
+    r = run(args + ["--out", str(b), "--resume"])
+    assert r.returncode == 0, r.stderr
+    assert f"resuming {b} at epoch {first + 1}/3" in r.stdout
+    ca, cb = (torch.load(d / "checkpoint.pt", weights_only=False)["model"] for d in (a, b))
+    arch_keys = [k for k in ca if k.endswith("alpha") or k == "beta"]
+    assert arch_keys and all(torch.equal(ca[k], cb[k]) for k in ca)
+    assert (a / "arch.json").read_bytes() == (b / "arch.json").read_bytes()
+    assert len((b / "search_log.jsonl").read_text().splitlines()) == 3
+
+
+def test_bad_input_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys):
+    """Unknown space, missing data, one-class ImageFolder, corrupt or mismatched checkpoint,
+    a table for another input size, --gpus beyond what is visible: exit 2, one line, OUT untouched."""
+    done, fresh = tmp_path / "done", tmp_path / "fresh"
+    assert run(TOY + ["--epochs", "1", "--warmup-epochs", "1", "--out", str(done)]).returncode == 0
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(done, corrupt)
+    (corrupt / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    one_class = tmp_path / "folder"
+    (one_class / "train" / "only").mkdir(parents=True)
+    for k in range(3):
+        Image.new("RGB", (8, 8), (k, k, k)).save(one_class / "train" / "only" / f"{k}.png")
+    lut = tmp_path / "lut28.json"
+    save_json_atomic(dict(flops_table(get_space("toy", 28, 3, 10)), metric="latency_ms"), lut)
+    cases = {
+        "space": (toy(space="nope"), fresh, "nope"),
+        "data": (toy(data=str(tmp_path / "missing")), fresh, "missing"),
+        "one_class": (toy(data=str(one_class)), fresh, "class"),
+        "corrupt": (TOY + ["--resume"], corrupt, "corrupt"),
+        "mismatch": (toy(input_size="20") + ["--resume"], done, "input_size=16"),
+        "exists": (TOY, done, "--resume"),
+        "lut": (TOY + ["--cost", "latency", "--lut", str(lut)], fresh, "input_size=28"),
+        "gpus": (TOY + ["--gpus", "1"], fresh, "--gpus 1"),
+        "flag": (TOY + ["--no-such-flag"], fresh, "--no-such-flag"),
+    }
+    for name, (argv, out, says) in cases.items():
+        before = snapshot(out)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            run_cli(lambda: search.main(argv[1:] + ["--out", str(out)]))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and says in err, (name, err)
+        assert snapshot(out) == before, name
+    assert not fresh.exists()
