@@ -25,7 +25,7 @@ import runtime
 from cost import CostModel, arch_cost, check_table, flops_table, load_table, save_json_atomic
 from data import load_data, make_loader
 from supernet import ArgumentParser, SPACES, SuperNet, UsageError, get_space, run_cli
-from viterbi import arch_text, derive_supernet
+from viterbi import arch_text, derive_supernet, draw_run, save_arch_params
 
 # The paper's settings (supplement A.1, A.4; SPEC.md "Search procedure"); toy is ours, for tests.
 PAPER = dict(lr=0.2, lr_min=1e-4, momentum=0.9, weight_decay=4e-5, label_smoothing=0.1,
@@ -300,6 +300,7 @@ def end_of_epoch(ctx, rec, seconds, log_path):
     rec |= {"est_cost": est, "arch_cost": arch_cost(arch, ctx.table), "metric": ctx.table["metric"],
             "path": arch["path"], "widths": [b["out"] for b in arch["blocks"]], "seconds": seconds}
     save_json_atomic(arch, os.path.join(a.out, "arch.json"))
+    save_arch_params(ctx.space, net.alphas(), net.path_probs().detach(), os.path.join(a.out, "arch_params.json"))
     if "val_acc" in rec and (ctx.best is None or rec["val_acc"] > ctx.best["val_acc"]):
         ctx.best = {"epoch": rec["epoch"], "val_acc": rec["val_acc"]}
         save_json_atomic(arch, os.path.join(a.out, "arch_best.json"))
@@ -321,13 +322,13 @@ def finish(ctx):
     from retrain import profile  # late: retrain builds the stand-alone network
     a = ctx.args
     arch_path = os.path.join(a.out, "arch.json")
-    with open(arch_path) as f:
-        arch = json.load(f)
+    arch = draw_run(a.out)  # arch.svg and supernet.svg
     prof = profile(arch)
     print("\nderived architecture (argmax alpha, Viterbi over p):")
     print(arch_text(arch))
     print(f"path {' -> '.join(f'B_{i}' for i in arch['path'])}; {prof['flops'] / 1e6:.2f}M FLOPs, "
           f"{prof['params'] / 1e6:.3f}M params")
+    print(f"pictures: {os.path.join(a.out, 'arch.svg')}, {os.path.join(a.out, 'supernet.svg')}")
     print(f"retrain it:  python retrain.py --arch {arch_path} --data {a.data}"
           + (f" --gpus {a.gpus}" if a.gpus else ""))
 

@@ -9,11 +9,13 @@ The arch file (JSON) is what search.py writes and retrain.py reads:
 Channels are tensor widths. `head` is the block's first operation (its shape-alignment layer);
 `last` is the final 1x1 conv (null: the last block feeds pooling directly).
 
-    python viterbi.py --arch FILE                    summarise an arch file
-    python viterbi.py --space toy [--seed S]         derive an arch from random alpha, beta and print it
+    python viterbi.py --arch FILE [--svg OUT.svg]     summarise (and draw) an arch file
+    python viterbi.py --run SEARCH_FOLDER             draw arch.svg and supernet.svg of a search
+    python viterbi.py --space toy [--seed S] [--svg A.svg] [--supernet-svg S.svg]
+                                                      derive an arch from random alpha, beta
 """
 import json
-import random
+import os
 
 from supernet import ArgumentParser, OPS, SPACES, UsageError, get_space, halve, run_cli, signature
 
@@ -172,31 +174,83 @@ def arch_text(arch):
     return "\n".join(lines)
 
 
+def save_arch_params(space, alphas, p, path):
+    """alpha and p of a search, with what rebuilds its space: what `--run` draws the super network from."""
+    from cost import save_json_atomic  # cost.py imports this module, so import it late
+    save_json_atomic({"space": space.name, "input_size": space.input_size, "in_channels": space.in_channels,
+                      "num_classes": space.num_classes, "connect": space.connect,
+                      "alphas": [[float(v) for v in a] for a in alphas], "p": [float(v) for v in p]}, path)
+
+
+def load_arch_params(path):
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        space = get_space(d["space"], d["input_size"], d["in_channels"], d["num_classes"], d["connect"])
+        alphas, p = d["alphas"], d["p"]
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist (search.py writes it after every epoch)") from None
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"{path} is not an arch_params.json written by search.py") from None
+    if len(alphas) != len(space.slots) or len(p) != len(space.edges):
+        raise UsageError(f"{path} does not match its space '{space.name}'")
+    return space, alphas, p
+
+
+def write_text(text, path):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def draw_run(folder):
+    """arch.svg and supernet.svg of a search folder, from its arch_params.json."""
+    from draw import arch_svg, supernet_svg
+    space, alphas, p = load_arch_params(os.path.join(folder, "arch_params.json"))
+    arch = derive(space, alphas, p)
+    write_text(arch_svg(arch), os.path.join(folder, "arch.svg"))
+    write_text(supernet_svg(space, p, arch["path"]), os.path.join(folder, "supernet.svg"))
+    return arch
+
+
 def main():
     ap = ArgumentParser(__doc__)
-    ap.add_argument("--arch", help="an arch file to summarise")
-    ap.add_argument("--space", default="toy", help=f"derive from random parameters in this space ({', '.join(SPACES)})")
+    ap.add_argument("--arch", help="an arch file to summarise (and draw, with --svg)")
+    ap.add_argument("--run", help="a search folder: derive from its arch_params.json, write arch.svg and supernet.svg")
+    ap.add_argument("--space", default="toy", help=f"else derive from random alpha, beta in this space "
+                                                   f"({', '.join(SPACES)}; default toy)")
     ap.add_argument("--input-size", type=int, default=224, help="input size for --space (default 224)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random alpha and beta (default 0)")
     ap.add_argument("--out", help="write the derived arch file here")
+    ap.add_argument("--svg", help="draw the architecture (Fig. 4 style) to this SVG file")
+    ap.add_argument("--supernet-svg", help="draw the super network with p and the Viterbi path (not with --arch)")
     args = ap.parse_args()
-    if args.arch:
+    from cost import op_flops, random_arch_params, save_json_atomic  # late: cost.py imports this module
+    space = None
+    if args.run:
+        arch = draw_run(args.run)
+        print(f"wrote {os.path.join(args.run, 'arch.svg')} and {os.path.join(args.run, 'supernet.svg')}")
+    elif args.arch:
+        if args.supernet_svg:
+            raise UsageError("--supernet-svg needs the search's parameters: use --run FOLDER or --space")
         arch = load_arch(args.arch)
     else:
         import torch
         space = get_space(args.space, args.input_size)
-        g = torch.Generator().manual_seed(args.seed)
-        alphas = [torch.randn(len(s.candidates), generator=g) for s in space.slots]
-        beta = torch.randn(len(space.edges), generator=g)
-        p = torch.cat([torch.softmax(beta[a:b], 0) for a, b in space.out_slices])
+        alphas, p = random_arch_params(space, torch.Generator().manual_seed(args.seed))
         arch = derive(space, alphas, p)
+    if "path" in arch:
         print(f"Viterbi path through the blocks: {' -> '.join(f'B_{i}' for i in arch['path'])}")
-        if args.out:
-            from cost import save_json_atomic  # late, as below
-            save_json_atomic(arch, args.out)
-    from cost import op_flops  # cost.py imports this module, so import it late
     print(arch_text(arch))
     print(f"FLOPs {sum(op_flops(s) for s in arch_signatures(arch)) / 1e6:.1f}M")
+    if args.out:
+        save_json_atomic(arch, args.out)
+    if args.svg:
+        from draw import arch_svg
+        write_text(arch_svg(arch), args.svg)
+    if args.supernet_svg and space is not None:
+        from draw import supernet_svg
+        write_text(supernet_svg(space, p, arch["path"]), args.supernet_svg)
 
 
 if __name__ == "__main__":

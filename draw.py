@@ -1,0 +1,117 @@
+"""Pictures of a search, as plain SVG text (no plotting package): drawing is its own concern,
+so it lives here; `python viterbi.py --arch FILE --svg OUT.svg` and `--run FOLDER` call it.
+
+- arch_svg: the derived network drawn like the paper's Fig. 4: one rectangle per layer, its
+  height growing with the channel count, coloured by operation, a dashed box per block,
+  stage (resolution) boundaries marked, widths labelled.
+- supernet_svg: the routing blocks of the super network by stage and resolution, every
+  connection drawn with a stroke proportional to its path probability p_ij (Eq. 3), and the
+  Viterbi path (Algorithm 1) highlighted.
+Every block, layer and edge element carries an id (block-J, layer-K, edge-I-J) so tests can find it.
+"""
+import math
+from html import escape
+
+from viterbi import arch_ops
+
+COLOURS = {  # kernel size picks the hue, expansion the shade
+    "mbconv_k3_e3": "#9ecae1", "mbconv_k3_e6": "#3182bd", "mbconv_k5_e3": "#a1d99b", "mbconv_k5_e6": "#31a354",
+    "mbconv_k7_e3": "#fdae6b", "mbconv_k7_e6": "#e6550d", "mbconv_k3_e1": "#bdbdbd", "basic_block": "#fd8d3c",
+    "bottleneck": "#9e9ac8", "skip": "#ffffff", "conv3x3": "#636363", "conv1x1": "#636363", "linear": "#252525",
+}
+
+
+def _svg(width, height, body):
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+            f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="sans-serif" font-size="11">\n'
+            f'<rect width="100%" height="100%" fill="white"/>\n' + "\n".join(body) + "\n</svg>\n")
+
+
+def arch_svg(arch, title=None):
+    """Fig. 4 style drawing of an arch file."""
+    ops = arch_ops(arch)
+    cmax = max(co for _, _, co, _, _ in ops)
+    step, w, top, mid = 26, 18, 60, 170
+    body, x = [], 30.0
+    # which op belongs to which block: stem, then each block's head and layers, then last, linear
+    owner = ["stem"]
+    for k, b in enumerate(arch["blocks"]):
+        owner += [k] * (1 + len(b["layers"]))
+    owner += ["last"] * (arch["last"] is not None) + ["head"]
+    spans, res_marks = {}, []
+    for k, ((op, ci, co, s, r), who) in enumerate(zip(ops, owner)):
+        h = 14 + 200 * math.sqrt(co / cmax)
+        if s == 2:
+            res_marks.append((x - step / 2 + w / 2, math.ceil(r / 2)))
+        body.append(f'<rect id="layer-{k}" x="{x:.1f}" y="{mid - h / 2:.1f}" width="{w}" height="{h:.1f}" '
+                    f'fill="{COLOURS.get(op, "#cccccc")}" stroke="#333" stroke-width="0.6">'
+                    f'<title>{escape(op)} {ci}->{co} stride {s} @ {r}px</title></rect>')
+        if isinstance(who, int):
+            spans.setdefault(who, [x, x])[1] = x
+        x += step
+    for k, (x0, x1) in spans.items():
+        b = arch["blocks"][k]
+        body.append(f'<rect id="block-{k}" x="{x0 - 4:.1f}" y="{mid - 118:.1f}" width="{x1 - x0 + w + 8:.1f}" '
+                    f'height="236" fill="none" stroke="#555" stroke-dasharray="4 3"/>')
+        body.append(f'<text x="{(x0 + x1 + w) / 2:.1f}" y="{mid + 134:.1f}" text-anchor="middle">{b["out"]}</text>')
+    for xm, r in res_marks:
+        body.append(f'<line x1="{xm:.1f}" y1="{top - 12}" x2="{xm:.1f}" y2="{mid + 140}" stroke="#c00" '
+                    f'stroke-width="1" stroke-dasharray="2 2"/><text x="{xm + 3:.1f}" y="{top - 2}" fill="#c00">'
+                    f'{r}px</text>')
+    body.append(f'<text x="30" y="20" font-size="13">{escape(title or "derived architecture")} '
+                f'({arch["space"]}, {arch["input_size"]}px input)</text><text x="30" y="36" fill="#555">one '
+                f'rectangle per layer, height ~ its width; a dashed box per block (width below); red: stride 2</text>')
+    legend_ops = sorted({op for op, *_ in ops}, key=list(COLOURS).index)
+    for k, op in enumerate(legend_ops):
+        lx = 30 + 150 * (k % 5)
+        ly = mid + 158 + 16 * (k // 5)
+        body.append(f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{COLOURS.get(op, "#ccc")}" '
+                    f'stroke="#333" stroke-width="0.5"/><text x="{lx + 14}" y="{ly}">{op}</text>')
+    height = mid + 170 + 16 * ((len(legend_ops) + 4) // 5)
+    return _svg(max(x + 30, 800), height, body)
+
+
+def supernet_svg(space, p, path, title=None):
+    """The super network: blocks by stage (columns of bands) and resolution (rows), edges ~ p_ij."""
+    dx, dy, left, top = 70, 90, 50, 70
+    levels = sorted({b.level for b in space.blocks})
+    pos = {b.index: (left + dx * b.index, top + dy * levels.index(b.level)) for b in space.blocks}
+    on_path = set(zip(path, path[1:]))
+    body = []
+    stages = sorted({b.stage for b in space.blocks})
+    for s in stages:  # a band per stage
+        xs = [pos[b.index][0] for b in space.blocks if b.stage == s]
+        body.append(f'<rect x="{min(xs) - 30}" y="{top - 40}" width="{max(xs) - min(xs) + 60}" '
+                    f'height="{dy * len(levels) + 20}" fill="{"#f4f4f4" if s % 2 else "#e8eef7"}"/>'
+                    f'<text x="{(min(xs) + max(xs)) / 2}" y="{top - 26}" text-anchor="middle">stage {s}</text>')
+    for lv in levels:
+        r = next(b.resolution for b in space.blocks if b.level == lv)
+        body.append(f'<text x="8" y="{top + dy * levels.index(lv) + 4}">{r}px</text>')
+    for (i, j), pij in sorted(zip(space.edges, p), key=lambda e: e[0] in on_path):
+        (x0, y0), (x1, y1) = pos[i], pos[j]
+        lift = 12 + 9 * (j - i)
+        hot = (i, j) in on_path
+        colour = "#d62728" if hot else "#1f4e99"
+        body.append(f'<path id="edge-{i}-{j}" d="M{x0},{y0} Q{(x0 + x1) / 2},{min(y0, y1) - lift} {x1},{y1}" '
+                    f'fill="none" stroke="{colour}" stroke-opacity="{0.9 if hot else 0.25 + 0.6 * float(pij):.2f}" '
+                    f'stroke-width="{0.4 + 7 * float(pij):.2f}"><title>p({i},{j}) = {float(pij):.3f}</title></path>')
+    for b in space.blocks:
+        x, y = pos[b.index]
+        hot = b.index in path
+        body.append(f'<g id="block-{b.index}"><circle cx="{x}" cy="{y}" r="15" fill="{"#fde0dd" if hot else "white"}" '
+                    f'stroke="{"#d62728" if hot else "#333"}" stroke-width="{2 if hot else 1}"/>'
+                    f'<text x="{x}" y="{y + 4}" text-anchor="middle">{b.channels}</text>'
+                    f'<text x="{x}" y="{y + 30}" text-anchor="middle" fill="#555">B{b.index}</text></g>')
+    body.append(f'<text x="{left}" y="18" font-size="13">{escape(title or "super network")} ({space.name}, '
+                f'M={space.connect}): circles are routing blocks (width inside), stroke ~ p_ij, red: the Viterbi path '
+                f'{"-".join(map(str, path))}</text>')
+    return _svg(left + dx * space.n + 60, top + dy * len(levels) + 10, body)
+
+
+def main():
+    print(__doc__)
+    print("use: python viterbi.py --arch FILE --svg OUT.svg   or   python viterbi.py --run SEARCH_FOLDER")
+
+
+if __name__ == "__main__":
+    main()
