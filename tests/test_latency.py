@@ -1,0 +1,232 @@
+"""Latency lookup tables (Sec. 3.3, supplement A.1): measuring, checking, resuming, the --arch comparison.
+
+Timings on a shared CPU are noisy, so nothing here asserts a latency value beyond being a
+non-negative finite number; everything is measured on the toy space at 32 px, batch 2.
+"""
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cost
+import latency
+import supernet
+import viterbi
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETTINGS = dict(batch_size=2, warmup=1, repeats=2)
+CLI = ["--space", "toy", "--input-size", "32", "--device", "cpu", "--batch-size", "2", "--warmup", "1",
+       "--repeats", "2", "--progress", "0.5"]
+
+
+def run_clis(commands):
+    """{name: [script, args...]} -> {name: CompletedProcess}, all started at once (each mostly imports torch)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = {k: subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k, argv in commands.items()}
+    outs = {k: p.communicate(timeout=300) for k, p in procs.items()}
+    return {k: subprocess.CompletedProcess(p.args, p.returncode, *outs[k]) for k, p in procs.items()}
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return supernet.get_space("toy", 32)
+
+
+@pytest.fixture(scope="module")
+def lut(toy, tmp_path_factory):
+    """The toy space's table measured in this process with one thread, as the CLIs below run (OMP_NUM_THREADS=1)."""
+    threads = torch.get_num_threads()
+    path = str(tmp_path_factory.mktemp("lut") / "lut_toy.json")
+    try:
+        dev, name = latency.get_device("cpu", threads=1)
+        latency.build_table(toy, dev, name, path, **SETTINGS)
+    finally:
+        torch.set_num_threads(threads)
+    with open(path) as f:
+        return path, json.load(f)
+
+
+@pytest.fixture(scope="module")
+def arch_file(toy, tmp_path_factory):
+    """A derived toy arch (Sec. 3.4) from random alpha and beta."""
+    g = torch.Generator().manual_seed(1)
+    alphas = [torch.randn(len(s.candidates), generator=g) for s in toy.slots]
+    beta = torch.randn(len(toy.edges), generator=g)
+    p = torch.cat([F.softmax(beta[a:b], 0) for a, b in toy.out_slices])
+    path = str(tmp_path_factory.mktemp("arch") / "arch.json")
+    cost.save_json_atomic(viterbi.derive(toy, alphas, p), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clis(lut, arch_file, tmp_path_factory):
+    """Every command-line run of this file at once (each mostly imports torch), with the files they use."""
+    d = tmp_path_factory.mktemp("cli")
+    path, table = lut
+    # resume: the table with five entries removed
+    dropped = sorted(table["costs"])[::21][:5]
+    partial = dict(table, costs={s: c for s, c in table["costs"].items() if s not in dropped})
+    resumed = str(d / "resume.json")
+    cost.save_json_atomic(partial, resumed)
+    # refusal: a table measured at another batch size sits at --out
+    other = str(d / "other.json")
+    cost.save_json_atomic(dict(table, meta=dict(table["meta"], batch_size=4)), other)
+    with open(other, "rb") as f:
+        other_bytes = f.read()
+    runs = run_clis({
+        "resume": ["latency.py", *CLI, "--out", resumed],
+        "other": ["latency.py", *CLI, "--out", other],
+        "arch_lut": ["latency.py", "--arch", arch_file, "--device", "cpu", "--batch-size", "2", "--warmup", "1",
+                     "--repeats", "2", "--lut", path],
+        "bad_space": ["latency.py", "--space", "nope", "--device", "cpu", "--out", str(d / "x.json")],
+        "bad_cuda": ["latency.py", "--space", "toy", "--device", "cuda", "--out", str(d / "y.json")],
+        "bad_arch": ["latency.py", "--arch", str(d / "missing.json"), "--device", "cpu"],
+    })
+    return runs, dict(dropped=dropped, resumed=resumed, other=other, other_bytes=other_bytes)
+
+
+# ----------------------------------------------------------------------------------------
+# The table
+
+def test_table_has_every_signature(toy, lut):
+    """Supplement A.1: a lookup table entry for every operation the super network can use."""
+    _, table = lut
+    assert table["metric"] == "latency_ms"
+    sigs = cost.space_signatures(toy)
+    assert set(table["costs"]) == set(sigs)
+    for s in sigs:
+        c = table["costs"][s]
+        assert isinstance(c, float) and math.isfinite(c) and c >= 0, (s, c)
+    meta = table["meta"]
+    assert {k: meta[k] for k in ("space", "input_size", "in_channels", "num_classes", "connect")} == \
+        dict(space="toy", input_size=32, in_channels=3, num_classes=1000, connect=toy.connect)
+    assert (meta["batch_size"], meta["warmup"], meta["repeats"], meta["threads"]) == (2, 1, 2, 1)
+    assert meta["device"].startswith("cpu") and meta["torch"] == torch.__version__
+    datetime.datetime.fromisoformat(meta["measured"])
+
+
+def test_check_table_accepts_own_space_only(toy, lut):
+    """cost.check_table: the table fits its own space, not another input size or connection number M."""
+    _, table = lut
+    cost.check_table(table, toy)
+    with pytest.raises(supernet.UsageError, match="input_size"):
+        cost.check_table(table, supernet.get_space("toy", 28))
+    with pytest.raises(supernet.UsageError, match="connect"):
+        cost.check_table(table, supernet.get_space("toy", 32, connect=toy.connect - 1))
+
+
+def test_cost_model_on_latency_table(toy, lut):
+    """Eq. 5-7 with the latency table: a finite positive chained estimate for uniform alpha and beta."""
+    _, table = lut
+    model = cost.CostModel(toy, table)
+    alphas = [torch.zeros(len(s.candidates)) for s in toy.slots]
+    p = torch.cat([F.softmax(torch.zeros(b - a), 0) for a, b in toy.out_slices])
+    est = float(model(alphas, p))
+    assert math.isfinite(est) and est > 0
+    # at least the fixed operations every network has (stem, B_0's layer, classifier)
+    fixed = sum(table["costs"][s] for j in (0, toy.n) for s in toy.fixed_signatures(j))
+    assert est >= fixed
+
+
+def test_other_meta_refused_in_process(toy, lut, tmp_path):
+    """A table measured with other settings is not resumed; --force measures afresh over it."""
+    _, table = lut
+    out = str(tmp_path / "t.json")
+    cost.save_json_atomic(dict(table, meta=dict(table["meta"], input_size=28)), out)
+    dev, name = latency.get_device("cpu")
+    with pytest.raises(supernet.UsageError, match="input_size"):
+        latency.build_table(toy, dev, name, out, **SETTINGS)
+    # a FLOPs table at --out is not a latency table either
+    cost.save_json_atomic(cost.flops_table(toy), out)
+    with pytest.raises(supernet.UsageError, match="metric"):
+        latency.build_table(toy, dev, name, out, **SETTINGS)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        latency.build_table(toy, dev, name, out, batch_size=2, warmup=0, repeats=1, force=True)
+    finally:
+        torch.set_num_threads(threads)
+    fresh = cost.load_table(out)
+    assert fresh["metric"] == "latency_ms" and set(fresh["costs"]) == set(table["costs"])
+
+
+def test_arch_table_must_match(lut, arch_file):
+    """--arch --lut: the table's input size and batch size must be the arch's and the run's."""
+    _, table = lut
+    arch = viterbi.load_arch(arch_file)
+    latency.check_arch_table(table, arch, 2, "t")
+    with pytest.raises(supernet.UsageError, match="batch size"):
+        latency.check_arch_table(table, arch, 32, "t")
+    with pytest.raises(supernet.UsageError, match="input size"):
+        latency.check_arch_table(table, dict(arch, input_size=28), 2, "t")
+    with pytest.raises(supernet.UsageError, match="not a latency table"):
+        latency.check_arch_table(dict(table, metric="flops"), arch, 2, "t")
+
+
+# ----------------------------------------------------------------------------------------
+# The command line
+
+def test_resume_measures_only_missing(lut, clis):
+    """A rerun on a table with missing entries measures those only and keeps the others as they were."""
+    runs, f = clis
+    r = runs["resume"]
+    assert r.returncode == 0, r.stderr
+    n = len(lut[1]["costs"])
+    assert f"{n - 5} reused" in r.stdout and "measuring 5 " in r.stdout, r.stdout
+    with open(f["resumed"]) as fh:
+        table = json.load(fh)
+    assert set(table["costs"]) == set(lut[1]["costs"])
+    kept = [s for s in table["costs"] if s not in f["dropped"]]
+    assert all(table["costs"][s] == lut[1]["costs"][s] for s in kept)
+    assert all(table["costs"][s] >= 0 for s in f["dropped"])
+
+
+def test_other_meta_refused_cli(clis):
+    """A table measured at another batch size at --out: exit 2, one line, the file untouched."""
+    runs, f = clis
+    r = runs["other"]
+    assert r.returncode == 2 and "batch_size" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    with open(f["other"], "rb") as fh:
+        assert fh.read() == f["other_bytes"]
+
+
+def test_arch_compares_network_with_table(clis):
+    """--arch --lut: the derived network timed end to end beside the sum of its operations' latencies."""
+    r = clis[0]["arch_lut"]
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["measured_ms"] > 0 and res["predicted_ms"] > 0 and res["batch_size"] == 2
+    assert math.isclose(res["ratio"], res["predicted_ms"] / res["measured_ms"])
+    assert res["device"].startswith("cpu")
+
+
+def test_arch_measures_its_own_ops(arch_file):
+    """--arch without --lut: the prediction comes from the arch's own operations, measured on the spot."""
+    arch = viterbi.load_arch(arch_file)
+    threads = torch.get_num_threads()
+    try:
+        dev, name = latency.get_device("cpu", threads=1)
+        res = latency.compare_arch(arch, dev, name, **SETTINGS)
+    finally:
+        torch.set_num_threads(threads)
+    assert res["measured_ms"] > 0 and res["predicted_ms"] > 0
+    assert math.isclose(res["ratio"], res["predicted_ms"] / res["measured_ms"])
+
+
+@pytest.mark.parametrize("name", ["bad_space", "bad_cuda", "bad_arch"])
+def test_bad_input_one_line(clis, name):
+    """Unknown space, CUDA where there is none, a missing arch file: one line on stderr, exit code 2."""
+    if name == "bad_cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = clis[0][name]
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not os.path.exists(r.args[-1]) or name == "bad_arch"
