@@ -200,7 +200,7 @@ class SuperNet(nn.Module):
     are 1x1 convs to the final width, followed by pooling and the classifier.
     """
 
-    def __init__(self, space):
+    def __init__(self, space, init=True):
         super().__init__()
         self.space = space
         b0 = space.blocks[0]
@@ -216,7 +216,8 @@ class SuperNet(nn.Module):
         self._edge_index = {e: k for k, e in enumerate(space.edges)}
         self._in_edges = [[self._edge_index[(i, j)] for i in blk.sources]
                           for j, blk in enumerate(self.blocks, start=1)]
-        init_weights(self)
+        if init:
+            init_weights(self)
 
     def path_probs(self):
         """p_ij for every edge (Eq. 3): softmax of beta over the outgoing connections of each B_i."""
@@ -343,6 +344,8 @@ class Space:
             raise UsageError(f"the connection number M must be at least 1, got {self.connect}")
         if self.input_size < 8:
             raise UsageError(f"input size {self.input_size} is too small (at least 8)")
+        if self.in_channels < 1 or self.num_classes < 2:
+            raise UsageError(f"need at least 1 input channel and 2 classes, got {self.in_channels} and {self.num_classes}")
         # at 224 the stem halves the input (the paper's resolutions); under 64 px it keeps it (CIFAR)
         self.stem_stride = 2 if self.input_size >= 64 else 1
         r0 = halve(self.input_size, self.stem_stride - 1)
@@ -426,7 +429,7 @@ def main():
     args = ap.parse_args()
     space = get_space(args.space, args.input_size, args.in_channels, args.num_classes, args.connect)
     with torch.device("meta"):  # shapes only: the parameter count needs no memory or compute
-        net = SuperNet(space)
+        net = SuperNet(space, init=False)
     desc = space.describe(count_params(net.weight_parameters()))
     if args.describe:
         print(json.dumps(desc))

@@ -55,18 +55,19 @@ def derive(space, alphas, p):
     """
     p = {e: float(v) for e, v in zip(space.edges, p)}
     path = viterbi(p, space.n)
-    choice = {}
+    choice = {}  # ("edge", i, j) -> the branch's op; ("layer", j, l) -> basic layer l of B_j
     for slot, a in zip(space.slots, alphas):
-        choice[slot.edge or (slot.block, slot.layer)] = slot.candidates[argmax(a)]
+        key = ("edge", *slot.edge) if slot.edge else ("layer", slot.block, slot.layer)
+        choice[key] = slot.candidates[argmax(a)]
     b0 = space.blocks[0]
     blocks = [{"in": space.stem_out, "out": b0.channels, "stride": 1, "head": o, "layers": []}
               for o in space.b0_ops]
     for i, j in zip(path[:-2], path[1:-1]):
         b = space.blocks[j]
-        layers = [choice[j, l] for l in range(b.layers)]
+        layers = [choice["layer", j, l] for l in range(b.layers)]
         blocks.append({"in": space.blocks[i].channels, "out": b.channels, "stride": space.stride(i, j),
-                       "head": choice[i, j], "layers": [o for o in layers if o != "skip"]})
-    end_op = choice[path[-2], path[-1]]
+                       "head": choice["edge", i, j], "layers": [o for o in layers if o != "skip"]})
+    end_op = choice["edge", path[-2], path[-1]]
     return {"space": space.name, "input_size": space.input_size, "in_channels": space.in_channels,
             "num_classes": space.num_classes, "stem": {"out": space.stem_out, "stride": space.stem_stride},
             "blocks": blocks, "last": None if end_op == "skip" else {"out": space.end_width},
@@ -97,6 +98,8 @@ def check_arch(arch):
             raise UsageError(f"arch file: {key} must be positive")
     stem = need(arch, "stem", dict, "top level")
     c = need(stem, "out", int, "stem")
+    if c < 1:
+        raise UsageError("arch file: stem.out must be positive")
     if need(stem, "stride", int, "stem") not in (1, 2):
         raise UsageError(f"arch file: stem stride must be 1 or 2, got {stem['stride']}")
     for k, b in enumerate(need(arch, "blocks", list, "top level")):
@@ -118,8 +121,8 @@ def check_arch(arch):
             raise UsageError(f"arch file: {where} has non-positive width")
     if "last" not in arch:
         raise UsageError("arch file: top level is missing 'last'")
-    if arch["last"] is not None:
-        need(arch["last"], "out", int, "last")
+    if arch["last"] is not None and need(arch["last"], "out", int, "last") < 1:
+        raise UsageError("arch file: last.out must be positive")
 
 
 def arch_ops(arch):
@@ -153,6 +156,8 @@ def load_arch(path):
             arch = json.load(f)
     except FileNotFoundError:
         raise UsageError(f"arch file {path} does not exist") from None
+    except OSError as e:
+        raise UsageError(f"arch file {path} cannot be read ({e.strerror})") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise UsageError(f"arch file {path} is not valid JSON ({e})") from None
     if not isinstance(arch, dict):

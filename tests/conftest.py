@@ -4,10 +4,15 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# The tests use tiny tensors, where intra-op threads do not help; on a shared 2-core machine a
+# second OpenMP thread that loses its core stalls every op (measured: 0.2 s -> 16 s for one pass).
+torch.set_num_threads(1)
 
 
 def _run_clis(commands):

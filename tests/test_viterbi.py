@@ -1,0 +1,126 @@
+"""Deriving the architecture (Sec. 3.4): the Viterbi algorithm (supplement A.2, Algorithm 1) and derive()."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import supernet
+import viterbi
+from strategies import all_paths, chain_path, markov_dags, one_hot_choices, one_hot_params, path_prob, spaces
+
+
+def uncorrected_viterbi(p, n):
+    """Algorithm 1 exactly as printed: P[i] <- max_j P[i-1] * p_ji (the typo SPEC.md corrects)."""
+    P, S = [1.0] + [0.0] * n, [0] * (n + 1)
+    for i in range(1, n + 1):
+        preds = [j for j, k in p if k == i]
+        S[i] = max(preds, key=lambda j: P[i - 1] * p[j, i])
+        P[i] = P[i - 1] * p[S[i], i]
+    path = [n]
+    while path[-1] != 0:
+        path.append(S[path[-1]])
+    return path[::-1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(markov_dags())
+def test_viterbi_matches_brute_force(dag):
+    """Algorithm 1 (corrected, SPEC.md): the returned path has the maximal product of p over all 0 -> n paths."""
+    n, p = dag
+    path = viterbi.viterbi(p, n)
+    assert path[0] == 0 and path[-1] == n
+    assert all(e in p for e in zip(path, path[1:])), "the path uses an edge that does not exist"
+    best = max(path_prob(p, q) for q in all_paths(p, n))
+    assert math.isclose(path_prob(p, path), best, rel_tol=1e-12)
+
+
+def test_viterbi_uses_corrected_recursion():
+    """Algorithm 1 lines 4-5: P[j] * p_ji (corrected) rather than P[i-1] * p_ji picks the most probable path."""
+    p = {(0, 1): 0.2, (0, 2): 0.8,
+         (1, 3): 1.0,
+         (2, 3): 0.6, (2, 4): 0.4,
+         (3, 4): 1.0}
+    # 0-1-3-4: 0.2   0-2-3-4: 0.48   0-2-4: 0.32
+    assert uncorrected_viterbi(p, 4) == [0, 1, 3, 4]  # the printed recursion goes wrong here
+    assert viterbi.viterbi(p, 4) == [0, 2, 3, 4]
+
+
+def test_viterbi_refuses_block_without_predecessor():
+    """Algorithm 1 needs every block B_1..B_n to have an incoming connection."""
+    with pytest.raises(ValueError):
+        viterbi.viterbi({(0, 2): 1.0}, 2)
+
+
+BUILTIN = [supernet.get_space("toy", 32, 1, 10), supernet.get_space("mbv2"), supernet.get_space("resnet"),
+           supernet.get_space("toy", 28, 3, 10, connect=2)]
+
+
+def chosen_ops(space, layer):
+    """The chosen candidate of every mixed layer, keyed ("edge", i, j) or ("layer", j, l)."""
+    return {(("edge",) + s.edge if s.edge else ("layer", s.block, s.layer)): s.candidates[k]
+            for s, k in zip(space.slots, layer)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.sampled_from(BUILTIN), spaces()), st.integers(0, 2**32))
+def test_derive_one_hot(space, seed):
+    """Sec. 3.4: argmax alpha per layer (a skip removes the layer), Viterbi path over p, blocks chained."""
+    layer, edge = one_hot_choices(seed, space)
+    alphas, p = one_hot_params(space, layer, edge, noise_seed=seed)
+    arch = viterbi.derive(space, alphas, p)
+
+    path = chain_path(space, edge)  # the only path with probability 1
+    assert arch["path"] == path
+    chosen = chosen_ops(space, layer)
+    b0 = space.blocks[0]
+    expected = [{"in": space.stem_out, "out": b0.channels, "stride": 1, "head": o, "layers": []}
+                for o in space.b0_ops]
+    for i, j in zip(path[:-2], path[1:-1]):
+        bi, bj = space.blocks[i], space.blocks[j]
+        assert bj.level - bi.level in (0, 1) and bj.resolution in (bi.resolution, (bi.resolution + 1) // 2)
+        layers = [chosen["layer", j, l] for l in range(bj.layers)]
+        expected.append({"in": bi.channels, "out": bj.channels,
+                         "stride": 2 ** (bj.level - bi.level),
+                         "head": chosen["edge", i, j], "layers": [o for o in layers if o != "skip"]})
+    assert arch["blocks"] == expected
+    end = chosen["edge", path[-2], path[-1]]
+    assert arch["last"] == (None if end == "skip" else {"out": space.end_width})
+    assert arch["stem"] == {"out": space.stem_out, "stride": space.stem_stride}
+
+    c = space.stem_out
+    for b in arch["blocks"]:
+        assert b["in"] == c and b["stride"] in (1, 2) and "skip" not in b["layers"]
+        c = b["out"]
+    # check_arch knows only the built-in spaces by name; the random ones are toy-like (MBConv, ReLU6)
+    viterbi.check_arch(arch if space.name in supernet.SPACES else {**arch, "space": "toy"})
+
+
+@settings(max_examples=30, deadline=None)
+@given(spaces(), st.integers(0, 2**16))
+def test_derive_path_is_viterbi_of_softmax_beta(space, seed):
+    """Sec. 3.4 / Eq. 3: for arbitrary beta the derived block sequence is the most probable path of p."""
+    g = torch.Generator().manual_seed(seed)
+    beta = 2 * torch.randn(len(space.edges), generator=g, dtype=torch.float64)
+    p = torch.cat([torch.softmax(beta[a:b], 0) for a, b in space.out_slices])
+    alphas = [torch.randn(len(s.candidates), generator=g) for s in space.slots]
+    arch = viterbi.derive(space, alphas, p)
+    pd = {e: float(v) for e, v in zip(space.edges, p)}
+    best = max(path_prob(pd, q) for q in all_paths(pd, space.n))
+    assert math.isclose(path_prob(pd, arch["path"]), best, rel_tol=1e-9)
+
+
+def test_derive_keeps_layer_and_branch_choices_apart():
+    """Sec. 3.4: basic layer l of B_j and the alignment branch B_j -> B_l are different layers, each with
+    its own argmax. In mbv2, B_1's third basic layer (l = 2) and the branch of edge (1, 2) both exist."""
+    space = supernet.get_space("mbv2")
+    assert (1, 2) in space.edges and space.blocks[1].layers == 3
+    layer = [0] * len(space.slots)
+    third = next(k for k, s in enumerate(space.slots) if s.edge is None and (s.block, s.layer) == (1, 2))
+    layer[third] = space.slots[third].candidates.index("skip")
+    edge = [a for a, _ in space.out_slices]  # B_0 -> B_1 -> B_2 -> ...
+    alphas, p = one_hot_params(space, layer, edge)
+    arch = viterbi.derive(space, alphas, p)
+    b1 = arch["blocks"][1]  # blocks[0] is B_0's fixed MBConv
+    assert (b1["in"], b1["out"]) == (16, 24)
+    assert b1["layers"] == ["mbconv_k3_e3", "mbconv_k3_e3"]  # the skip removes the third layer
