@@ -78,7 +78,7 @@ def retrain_worker(rank, world, device, args):
         net = net.to(memory_format=torch.channels_last)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and args.amp)
     eval_loader = make_loader(data.val, args.batch_size, False, 0, args.seed, rank, world, workers, cuda,
-                              drop_last=False, augment=False)
+                              drop_last=False)
     if args.eval:
         net.load_state_dict(load_weights(args.weights))
         top1, top5 = evaluate(net, eval_loader, device, autocast)
@@ -161,7 +161,7 @@ def retrain_config(args):
     return {k: getattr(args, k) for k in ("arch", "data", "subset", "seed", "epochs", "batch_size")}
 
 
-def main():
+def main(argv=None):
     ap = ArgumentParser(__doc__)
     ap.add_argument("--arch", required=True, help="arch file (JSON) written by search.py or by hand")
     ap.add_argument("--profile", action="store_true", help="print params and FLOPs of the network and stop")
@@ -184,7 +184,7 @@ def main():
     ap.add_argument("--latency-lut", help="latency table: report the arch's table latency in report.json")
     ap.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines (default 5)")
     runtime.add_device_args(ap)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     arch = load_arch(args.arch)
     if args.profile:
         print(arch_text(arch))

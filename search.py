@@ -33,8 +33,16 @@ PAPER = dict(lr=0.2, lr_min=1e-4, momentum=0.9, weight_decay=4e-5, label_smoothi
 DEFAULTS = {
     "mbv2": dict(PAPER, epochs=150, warmup_epochs=50, batch_size=352, lam=0.15, tau=15.0),
     "resnet": dict(PAPER, epochs=70, warmup_epochs=10, batch_size=512, lam=0.2, tau=3500.0),
+    "mini": dict(PAPER, epochs=10, warmup_epochs=4, batch_size=64, lam=0.15, tau=15.0),
     "toy": dict(PAPER, epochs=4, warmup_epochs=2, batch_size=64, lam=0.15, tau=15.0),
 }
+# --preset laptop: the whole pipeline on Fashion-MNIST on a 2-core CPU in about ten minutes. The
+# architecture learning rate is 10x the paper's because this search makes ~100 architecture steps,
+# not ~40,000; everything else is the paper's recipe at a smaller scale.
+PRESETS = {"laptop": dict(space="mini", data="fashion-mnist", subset=2500, epochs=4, warmup_epochs=2,
+                          batch_size=64, lr=0.1, arch_lr=3e-3, out=os.path.join("runs", "laptop"))}
+RETRAIN_PRESETS = {"laptop": ["--epochs", "3", "--batch-size", "128", "--lr", "0.1", "--subset", "20000"]}
+IMAGENET_COMMAND = "python search.py --space mbv2 --data /path/to/imagenet --gpus 4"
 # cost units of log_tau(cost) in Eq. 8: latency in ms (tau = 15), FLOPs in millions (tau = 3500)
 UNITS = {"flops": 1e6, "latency_ms": 1.0}
 CHECKPOINT = "checkpoint.pt"
@@ -256,7 +264,14 @@ def search_worker(rank, world, device, args):
         print(f"search space '{args.space}': {len(ctx.space.blocks)} blocks, {len(ctx.space.edges)} connections, "
               f"{len(ctx.net.layers)} mixed layers; data {ctx.data.info}; {world} process(es) on {device}; "
               f"cost {ctx.table['metric']} ({args.estimator} estimator)", flush=True)
-        keep_log_before(log_path, ctx.epoch)
+        keep_log_before(log_path, ctx.epoch if ctx.epoch else -1)
+    if ctx.epoch == 0:  # the untrained super network's guess, as a baseline for what the search learns
+        acc = evaluate(ctx)
+        if ctx.main:
+            print(f"untrained super network: val acc {acc:.2f}% (chance {100 / ctx.space.num_classes:.1f}%)",
+                  flush=True)
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"epoch": 0, "stage": "init", "val_acc": acc}) + "\n")
     for epoch in range(ctx.epoch, args.epochs):
         t0 = time.time()
         torch.manual_seed(args.seed * 1000 + epoch)  # everything random in this epoch follows from here
@@ -338,9 +353,11 @@ def finish(ctx):
 
 def parse_args(argv=None):
     ap = ArgumentParser(__doc__)
-    ap.add_argument("--space", default="mbv2", help=f"search space: {', '.join(SPACES)} (default mbv2)")
-    ap.add_argument("--data", default="fashion-mnist",
-                    help="fashion-mnist (default), fake, or an ImageFolder root with train/<class>/*")
+    ap.add_argument("--preset", choices=list(PRESETS),
+                    help="laptop: search the 'mini' space on Fashion-MNIST, retrain the result and evaluate it on "
+                         "the test set, all on a CPU in about ten minutes (flags given override its settings)")
+    ap.add_argument("--space", help=f"search space: {', '.join(SPACES)} (default mbv2)")
+    ap.add_argument("--data", help="fashion-mnist (default), fake, or an ImageFolder root with train/<class>/*")
     ap.add_argument("--out", default=None, help="output folder (default runs/search-SPACE)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     ap.add_argument("--seed", type=int, default=0, help="seed of data order, sampling and init (default 0)")
@@ -379,6 +396,10 @@ def parse_args(argv=None):
     h.add_argument("--tau", type=float, help=default_help("tau", "tau of Eq. 8 (cost in ms or MFLOPs)"))
     runtime.add_device_args(ap)
     args = ap.parse_args(argv)
+    for k, v in PRESETS.get(args.preset, {}).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.space, args.data = args.space or "mbv2", args.data or "fashion-mnist"
     if args.space not in DEFAULTS:
         raise UsageError(f"unknown space '{args.space}' (known: {', '.join(SPACES)})")
     for k, v in DEFAULTS[args.space].items():
@@ -428,7 +449,36 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "args.json"), "w") as f:
         json.dump(vars(args), f, indent=1)
+    t0 = time.time()
     runtime.launch(search_worker, args)
+    if args.preset:
+        walkthrough_end(args, time.time() - t0)
+
+
+def walkthrough_end(args, search_seconds):
+    """--preset: retrain the derived network, evaluate it on the test set, and sum up."""
+    import retrain
+    arch_path, out = os.path.join(args.out, "arch.json"), os.path.join(args.out, "retrain")
+    resume = ["--resume"] if os.path.exists(os.path.join(out, "checkpoint.pt")) else []
+    print(f"\n== retraining the derived network ({' '.join(RETRAIN_PRESETS[args.preset])}) ==", flush=True)
+    t0 = time.time()
+    retrain.main(["--arch", arch_path, "--data", args.data, "--out", out, "--seed", str(args.seed),
+                  "--log-every", str(args.log_every)] + RETRAIN_PRESETS[args.preset] + resume)
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    with open(os.path.join(args.out, "search_log.jsonl")) as f:
+        log = [json.loads(line) for line in f]
+    untrained = next((r["val_acc"] for r in log if r["stage"] == "init"), None)
+    with open(arch_path) as f:
+        arch = json.load(f)
+    print(f"\n== summary ==")
+    print(f"search: {search_seconds / 60:.1f} min; retrain + test: {(time.time() - t0) / 60:.1f} min")
+    print(f"derived widths {[b['out'] for b in arch['blocks']]} (path {arch['path']}); "
+          f"{report['flops'] / 1e6:.2f}M FLOPs, {report['params'] / 1e6:.3f}M params")
+    print(f"test accuracy (Fashion-MNIST, 10k official test images): top-1 {report['top1']:.2f}%; "
+          f"chance 10%, untrained super network {untrained:.2f}% (validation split)")
+    print(f"outputs: {args.out}/ (arch.json, arch.svg, supernet.svg, search_log.jsonl, retrain/report.json)")
+    print(f"the same search on ImageNet with 4 GPUs:  {IMAGENET_COMMAND}")
 
 
 if __name__ == "__main__":

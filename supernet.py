@@ -314,7 +314,14 @@ TOY = SpaceDef(
     ((12, 1, 1, 1), (16, 2, 2, 1), (20, 2, 2, 1), (24, 3, 3, 1), (32, 3, 3, 1), (40, 3, 4, 0)),
     64, tuple(MBCONVS + ["skip"]), tuple(MBCONVS), "relu6", 3)
 
-SPACES = {s.name: s for s in (MBV2, RESNET, TOY)}
+# MobileNetV2-like, scaled down for 28-32 px images on a CPU (the laptop walkthrough, search.py --preset laptop)
+MINI = SpaceDef(
+    "mini", 16, ("mbconv_k3_e1",), 16,
+    ((16, 1, 1, 1), (24, 1, 1, 2), (32, 2, 2, 1), (40, 2, 2, 2), (48, 2, 3, 2), (64, 3, 4, 1), (80, 3, 4, 2),
+     (96, 3, 5, 0)),
+    256, tuple(MBCONVS + ["skip"]), tuple(MBCONVS), "relu6", 3)
+
+SPACES = {s.name: s for s in (MBV2, RESNET, MINI, TOY)}
 
 
 def halve(r, times):
@@ -420,7 +427,7 @@ def get_space(name, input_size=224, in_channels=3, num_classes=1000, connect=Non
 
 def main():
     ap = ArgumentParser(__doc__)
-    ap.add_argument("--space", default="mbv2", help="search space: mbv2, resnet or toy (default mbv2)")
+    ap.add_argument("--space", default="mbv2", help=f"search space: {', '.join(SPACES)} (default mbv2)")
     ap.add_argument("--describe", action="store_true", help="print the super network as one JSON object")
     ap.add_argument("--input-size", type=int, default=224, help="input image size (default 224)")
     ap.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")

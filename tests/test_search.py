@@ -91,8 +91,8 @@ def test_toy_search_derives_an_arch_whose_logged_cost_is_exact(tmp_path):
     assert r.returncode == 0, r.stderr
     arch = json.loads((out / "arch.json").read_text())
     log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
-    assert [rec["stage"] for rec in log] == ["warmup", "search"]
-    assert "arch_loss" in log[1] and "val_acc" in log[1]
+    assert [rec["stage"] for rec in log] == ["init", "warmup", "search"]  # init: the untrained guess
+    assert "arch_loss" in log[2] and "val_acc" in log[2] and "val_acc" in log[0]
     space = get_space("toy", 16, 3, 10)
     exact = arch_cost(arch, flops_table(space))
     assert log[-1]["arch_cost"] == exact == profile(arch)["flops"]

@@ -1,0 +1,134 @@
+"""retrain.py on a derived toy arch (supplement A.1, "retraining"), and a toy search whose cost
+term is a latency table measured on this CPU (Sec. 3.3).
+
+The command-line runs are started together (each spends most of its time importing torch)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import ROOT
+from cost import arch_cost, load_table, save_json_atomic
+from supernet import get_space
+from viterbi import derive
+
+FAKE = ["--data", "fake", "--subset", "160", "--batch-size", "16", "--lr", "0.05", "--log-every", "100"]
+TOY_SEARCH = ["search.py", "--space", "toy", "--data", "fake", "--subset", "64", "--batch-size", "32",
+              "--input-size", "16", "--log-every", "100", "--epochs", "2", "--warmup-epochs", "1"]
+LAT = ["latency.py", "--space", "toy", "--input-size", "16", "--num-classes", "10", "--device", "cpu",
+       "--batch-size", "2", "--warmup", "1", "--repeats", "2", "--threads", "1", "--progress", "100"]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+
+
+def start(argv):
+    return subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(proc, timeout=240):
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def arch_file(tmp_path_factory):
+    """A toy arch derived (Sec. 3.4) from random alpha and beta, for fake data (10 classes, 16 px)."""
+    space = get_space("toy", 16, 3, 10)
+    g = torch.Generator().manual_seed(3)
+    alphas = [torch.randn(len(s.candidates), generator=g) for s in space.slots]
+    beta = torch.randn(len(space.edges), generator=g)
+    p = torch.cat([F.softmax(beta[a:b], 0) for a, b in space.out_slices])
+    path = tmp_path_factory.mktemp("arch") / "arch.json"
+    save_json_atomic(derive(space, alphas, p), str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def runs(arch_file, tmp_path_factory):
+    """Two-epoch retrains (one uninterrupted, one killed after its first checkpoint and resumed),
+    and a toy latency table followed by a toy search that uses it."""
+    d = tmp_path_factory.mktemp("runs")
+    retrain = ["retrain.py", "--arch", arch_file, "--epochs", "2"] + FAKE
+    lut = str(d / "lut.json")
+    whole, lat = start(retrain + ["--out", str(d / "whole")]), start(LAT + ["--out", lut])
+    killed = start(retrain + ["--out", str(d / "killed")])
+    ck = d / "killed" / "checkpoint.pt"
+    deadline = time.time() + 200
+    while not ck.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    killed_at = torch.load(ck, weights_only=False)["epoch"] if ck.exists() else None
+    lat = finish(lat)
+    searches = {"search": start(TOY_SEARCH + ["--cost", "latency", "--lut", lut, "--out", str(d / "search")]),
+                "other_size": start(TOY_SEARCH + ["--input-size", "20", "--cost", "latency", "--lut", lut,
+                                                  "--out", str(d / "other")]),
+                "resumed": start(retrain + ["--out", str(d / "killed"), "--resume"])}
+    done = {k: finish(p) for k, p in searches.items()}
+    whole = finish(whole)
+    evaluated = finish(start(["retrain.py", "--arch", arch_file, "--eval", "--weights", str(d / "whole" / "model.pt")]
+                             + FAKE))
+    return dict(d=d, lut=lut, whole=whole, lat=lat, killed_at=killed_at, evaluated=evaluated, **done)
+
+
+def test_retrain_runs_checkpoints_and_reports(runs):
+    """Two epochs on fake data: a checkpoint and top-1/top-5 per epoch, model.pt and report.json at the end."""
+    r, out = runs["whole"], runs["d"] / "whole"
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["epochs"] == 2 and [h["epoch"] for h in report["history"]] == [1, 2]
+    assert 0 <= report["top1"] <= report["top5"] <= 100
+    assert report["params"] > 0 and report["flops"] > 0
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 2
+    assert (out / "model.pt").exists() and not list(out.glob("*.tmp"))
+    assert "img/s" in r.stdout and "ETA" in r.stdout
+
+
+def test_killed_retrain_resumes_to_the_same_weights(runs):
+    """SIGKILL after the first checkpoint, then --resume: the final weights and report equal the uninterrupted run's."""
+    assert runs["killed_at"] == 1, "the run was not killed between its two epochs"
+    r = runs["resumed"]
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stdout and "at epoch 2/2" in r.stdout
+    a, b = (torch.load(runs["d"] / name / "model.pt", weights_only=True) for name in ("whole", "killed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((runs["d"] / name / "report.json").read_text()) for name in ("whole", "killed"))
+    assert (ra["top1"], ra["top5"]) == (rb["top1"], rb["top5"])
+
+
+def test_eval_only_reproduces_the_reported_accuracy(runs):
+    """--eval --weights model.pt: the evaluation set's top-1/top-5 equal those in report.json."""
+    r = runs["evaluated"]
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    report = json.loads((runs["d"] / "whole" / "report.json").read_text())
+    assert (got["top1"], got["top5"]) == (report["top1"], report["top5"])
+
+
+def test_measured_latency_table_drives_a_toy_search(runs):
+    """A CPU table of the toy space (every operation it uses) is the search's cost: the log's
+    derived-arch cost is the table's sum over that arch, in milliseconds."""
+    assert runs["lat"].returncode == 0, runs["lat"].stderr
+    table = load_table(runs["lut"])
+    assert table["metric"] == "latency_ms"
+    r, out = runs["search"], runs["d"] / "search"
+    assert r.returncode == 0, r.stderr
+    log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
+    arch = json.loads((out / "arch.json").read_text())
+    assert log[-1]["metric"] == "latency_ms" and log[-1]["stage"] == "search"
+    assert log[-1]["arch_cost"] == pytest.approx(arch_cost(arch, table)) and log[-1]["arch_cost"] > 0
+    assert "cost latency_ms" in r.stdout
+
+
+def test_table_for_another_input_size_is_refused(runs):
+    """The 16 px table cannot price a 20 px search: one line, exit 2, nothing written."""
+    r = runs["other_size"]
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "input_size" in r.stderr
+    assert not (runs["d"] / "other").exists()
