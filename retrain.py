@@ -67,6 +67,28 @@ def evaluate(net, loader, device, autocast):
     return 100.0 * top1 / max(total, 1), 100.0 * top5 / max(total, 1)
 
 
+def train_epoch(net, loader, opt, criterion, lr_at, step, device, autocast, bar):
+    """One epoch of SGD on a stand-alone network (learning rate lr_at(step) per step); returns the step count."""
+    net.train()
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        with autocast:
+            logits = net(x)
+        loss = criterion(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        runtime.average_gradients(net.parameters())
+        opt.step()
+        runtime.broadcast_buffers(net)
+        step += 1
+        bar.update(loss=loss.item(), acc=(logits.argmax(1) == y).float().mean().item() * 100)
+    return step
+
+
 def retrain_worker(rank, world, device, args):
     main_rank, cuda = rank == 0, device.type == "cuda"
     workers = args.workers if args.workers is not None else (4 if cuda else 0)
@@ -109,23 +131,8 @@ def retrain_worker(rank, world, device, args):
         loader = make_loader(data.train, args.batch_size, True, epoch, args.seed, rank, world, workers, cuda)
         bar = runtime.Progress(f"[epoch {epoch + 1}/{args.epochs}]", len(loader), args.batch_size,
                                (args.epochs - epoch - 1) * steps, every=args.log_every, enabled=main_rank)
-        net.train()
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            for g in opt.param_groups:
-                g["lr"] = runtime.cosine_lr(step, args.epochs * steps, args.lr, args.lr_min)
-            with autocast:
-                logits = net(x)
-            loss = criterion(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            runtime.average_gradients(net.parameters())
-            opt.step()
-            runtime.broadcast_buffers(net)
-            step += 1
-            bar.update(loss=loss.item(), acc=(logits.argmax(1) == y).float().mean().item() * 100)
+        step = train_epoch(net, loader, opt, criterion, lambda k: runtime.cosine_lr(
+            k, args.epochs * steps, args.lr, args.lr_min), step, device, autocast, bar)
         top1, top5 = evaluate(net, eval_loader, device, autocast)
         rec = {"epoch": epoch + 1, "train_loss": bar.means()["loss"], "top1": top1, "top5": top5,
                "img_s": bar.images_per_s() * world, "seconds": time.time() - t0}

@@ -11,6 +11,7 @@ Viterbi, viterbi.py) into OUT/arch.json; a checkpoint makes every run resumable.
     python search.py --space mbv2 --data /imagenet --gpus 4         # the paper's search
     python search.py --resume --out runs/toy                         # continue a run
 """
+import argparse
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import runtime
 from cost import CostModel, arch_cost, check_table, flops_table, load_table, save_json_atomic
 from data import load_data, make_loader
 from supernet import ArgumentParser, SPACES, SuperNet, UsageError, get_space, run_cli
-from viterbi import arch_text, derive_supernet, draw_run, save_arch_params
+from viterbi import arch_text, derive, derive_supernet, draw_run, save_arch_params
 
 # The paper's settings (supplement A.1, A.4; SPEC.md "Search procedure"); toy is ours, for tests.
 PAPER = dict(lr=0.2, lr_min=1e-4, momentum=0.9, weight_decay=4e-5, label_smoothing=0.1,
@@ -248,7 +249,7 @@ def resolve_table(args, space):
 def run_config(args):
     """What a checkpoint must agree with to be resumed."""
     keys = ("space", "data", "input_size", "subset", "classes", "connect", "seed", "epochs", "warmup_epochs",
-            "batch_size", "cost", "estimator")
+            "batch_size", "cost", "estimator", "random", "target_flops")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -293,15 +294,15 @@ def search_worker(rank, world, device, args):
         print(f"check-sync: all {world} ranks held identical weights, alpha and beta after each of "
               f"{ctx.synced_steps} steps", flush=True)
     if ctx.main:
-        finish(ctx)
+        finish(args)
 
 
-def keep_log_before(path, epoch):
-    """On resume, drop log lines of epochs the checkpoint does not hold (a kill may fall between the two)."""
+def keep_log_before(path, last, key="epoch"):
+    """On resume, drop log lines of epochs (samples) the checkpoint does not hold (a kill may fall between the two)."""
     if not os.path.exists(path):
         return
     with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and json.loads(ln)["epoch"] <= epoch]
+        lines = [ln for ln in f if ln.strip() and json.loads(ln)[key] <= last]
     with open(path + ".tmp", "w") as f:
         f.writelines(lines)
     os.replace(path + ".tmp", path)
@@ -333,9 +334,9 @@ def fmt_secs(s):
     return runtime.fmt_time(s)
 
 
-def finish(ctx):
+def finish(a):
+    """The derived network's summary, its pictures and the command that retrains it."""
     from retrain import profile  # late: retrain builds the stand-alone network
-    a = ctx.args
     arch_path = os.path.join(a.out, "arch.json")
     arch = draw_run(a.out)  # arch.svg and supernet.svg
     prof = profile(arch)
@@ -346,6 +347,115 @@ def finish(ctx):
     print(f"pictures: {os.path.join(a.out, 'arch.svg')}, {os.path.join(a.out, 'supernet.svg')}")
     print(f"retrain it:  python retrain.py --arch {arch_path} --data {a.data}"
           + (f" --gpus {a.gpus}" if a.gpus else ""))
+
+
+# ----------------------------------------------------------------------------------------
+# The random-search baseline (Sec. 4.2, Table 1 "Random Search")
+
+RANDOM_STATE = "random_search.json"
+
+
+def random_arch(space, generator):
+    """One architecture drawn uniformly from the space: a path from B_0 to B_n that picks each next
+    block uniformly among the current block's connections, and a uniform candidate for every layer.
+    It is written as one-hot alpha and p, so derive() (argmax + Viterbi) returns exactly that arch."""
+    def pick(k):
+        return int(torch.randint(k, (), generator=generator))
+    nxt = {}
+    for a, b in space.out_slices:
+        nxt[space.edges[a][0]] = range(a, b)
+    p, i = torch.tensor([1.0 / (b - a) for a, b in space.out_slices for _ in range(a, b)]), 0
+    while i != space.n:
+        out = nxt[i]
+        chosen = out[pick(len(out))]
+        p[out.start:out.stop] = 0.0
+        p[chosen] = 1.0
+        i = space.edges[chosen][1]
+    alphas = [F.one_hot(torch.tensor(pick(len(s.candidates))), len(s.candidates)).float() for s in space.slots]
+    return alphas, p
+
+
+def draw_in_window(space, table, k, target, generator, tolerance=0.05, max_draws=20000):
+    """k uniform random architectures whose FLOPs lie within `tolerance` of target (rejection sampling)."""
+    kept, seen = [], []
+    for _ in range(max_draws):
+        alphas, p = random_arch(space, generator)
+        arch = derive(space, alphas, p)
+        flops = arch_cost(arch, table)
+        seen.append(flops)
+        if abs(flops - target) <= tolerance * target:
+            kept.append((arch, alphas, p, flops))
+            if len(kept) == k:
+                return kept
+    raise UsageError(f"only {len(kept)} of {max_draws} random architectures lie within {tolerance:.0%} of "
+                     f"{target / 1e6:.2f}M FLOPs (drawn: {min(seen) / 1e6:.2f}M to {max(seen) / 1e6:.2f}M); "
+                     "choose --target-flops in that range")
+
+
+def random_search_worker(rank, world, device, args):
+    """Train each of --random K sampled architectures for --epochs on the search's training split
+    (the search's SGD recipe), evaluate it on the validation split, keep the best as OUT/arch.json.
+    OUT/random_search.json records every finished sample, so a resumed run skips them."""
+    from retrain import ArchNet, evaluate as eval_net, train_epoch
+    main_rank, cuda = rank == 0, device.type == "cuda"
+    workers = args.workers if args.workers is not None else (4 if cuda else 0)
+    data = load_data(args.data, "search", args.seed, args.input_size, args.subset, args.classes,
+                     split_file=os.path.join(args.out, "split.json"))
+    space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
+    draws = draw_in_window(space, flops_table(space), args.random, args.target_flops,
+                           torch.Generator().manual_seed(args.seed))
+    state_path, log_path = os.path.join(args.out, RANDOM_STATE), os.path.join(args.out, "search_log.jsonl")
+    records = []
+    if args.resume and os.path.exists(state_path):
+        records = load_random_state(state_path)["records"]
+    if main_rank:
+        print(f"random search in '{args.space}': {args.random} architectures within 5% of "
+              f"{args.target_flops / 1e6:.2f}M FLOPs, {args.epochs} epochs each; data {data.info}; "
+              f"{world} process(es) on {device}" + (f"; resuming after {len(records)}" if records else ""), flush=True)
+        keep_log_before(log_path, len(records), key="sample")
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and args.amp)
+    val_loader = make_loader(data.val, args.batch_size, False, 0, args.seed, rank, world, workers, cuda,
+                             drop_last=False)
+    steps = len(make_loader(data.train, args.batch_size, True, 0, args.seed, rank, world))
+    for k in range(len(records), args.random):
+        arch, alphas, p, flops = draws[k]
+        t0 = time.time()
+        torch.manual_seed(args.seed * 1000 + k)
+        net = ArchNet(arch).to(device)
+        if cuda:
+            net = net.to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        step, total = 0, args.epochs * steps
+        for epoch in range(args.epochs):
+            loader = make_loader(data.train, args.batch_size, True, epoch, args.seed, rank, world, workers, cuda)
+            later = ((args.random - k - 1) * args.epochs + args.epochs - epoch - 1) * steps
+            bar = runtime.Progress(f"[sample {k + 1}/{args.random} epoch {epoch + 1}/{args.epochs}]", len(loader),
+                                   args.batch_size, later, every=args.log_every, enabled=main_rank)
+            step = train_epoch(net, loader, opt, criterion,
+                               lambda t: runtime.cosine_lr(t, total, args.lr, args.lr_min), step, device, autocast, bar)
+        top1, top5 = eval_net(net, val_loader, device, autocast)
+        rec = {"sample": k + 1, "stage": "random", "val_acc": top1, "val_top5": top5, "arch_cost": flops,
+               "metric": "flops", "path": arch["path"], "widths": [b["out"] for b in arch["blocks"]],
+               "seconds": time.time() - t0, "arch": arch, "alphas": [a.tolist() for a in alphas], "p": p.tolist()}
+        records.append(rec)
+        if main_rank:
+            best = max(records, key=lambda r: r["val_acc"])
+            if best is rec:
+                save_json_atomic(arch, os.path.join(args.out, "arch.json"))
+                save_arch_params(space, alphas, p, os.path.join(args.out, "arch_params.json"))
+            with open(log_path, "a") as f:
+                f.write(json.dumps({key: v for key, v in rec.items() if key not in ("arch", "alphas", "p")}) + "\n")
+            save_json_atomic({"config": run_config(args), "records": records}, state_path)
+            print(f"sample {k + 1}/{args.random} {fmt_secs(rec['seconds'])}: {flops / 1e6:.2f}M FLOPs, widths "
+                  f"{rec['widths']}, val acc {top1:.2f}% (best so far {best['val_acc']:.2f}%, sample {best['sample']})",
+                  flush=True)
+        runtime.barrier()
+    if main_rank:
+        best = max(records, key=lambda r: r["val_acc"])
+        save_json_atomic(best["arch"], os.path.join(args.out, "arch_best.json"))
+        print(f"\nbest of {len(records)}: sample {best['sample']}, val acc {best['val_acc']:.2f}%")
+        finish(args)
 
 
 # ----------------------------------------------------------------------------------------
@@ -373,6 +483,12 @@ def parse_args(argv=None):
                     help="chained (Eq. 6-7, default) or local (Eq. 9, Table 7 ablation)")
     ap.add_argument("--eval-from", type=int, default=None,
                     help="evaluate the super network from this epoch on; keeps arch_best.json (default: first search epoch)")
+    r = ap.add_argument_group("random-search baseline (Table 1)")
+    r.add_argument("--random", type=int, metavar="K",
+                   help="instead of searching, train K uniformly sampled architectures within 5%% of --target-flops "
+                        "for --epochs each (default 5) and keep the best by validation accuracy (paper: 15)")
+    r.add_argument("--target-flops", type=parse_flops, metavar="F",
+                   help="FLOPs (multiply-accumulates) of the random samples, e.g. 361M (DenseNAS-C) or 3.6e8")
     ap.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines (default 5)")
     ap.add_argument("--check-sync", action="store_true",
                     help="verify after every step that all ranks hold identical parameters (slow; for tests)")
@@ -396,6 +512,15 @@ def parse_args(argv=None):
     h.add_argument("--tau", type=float, help=default_help("tau", "tau of Eq. 8 (cost in ms or MFLOPs)"))
     runtime.add_device_args(ap)
     args = ap.parse_args(argv)
+    if args.random is not None:
+        if args.random < 1 or not args.target_flops:
+            raise UsageError("--random K needs K >= 1 and --target-flops F (e.g. --random 15 --target-flops 361M)")
+        if args.lut:
+            raise UsageError("--random samples by FLOPs; drop --lut")
+        args.epochs = args.epochs or (None if args.preset else 5)
+        args.warmup_epochs = 0  # no super network: nothing to warm up
+    elif args.target_flops:
+        raise UsageError("--target-flops goes with --random K")
     for k, v in PRESETS.get(args.preset, {}).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -421,10 +546,30 @@ def parse_args(argv=None):
     return args
 
 
+def parse_flops(text):
+    """'361M', '3.6e8', '12.5M', '1.2G' -> a number of FLOPs."""
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:].upper(), 1.0)
+    try:
+        value = float(text[:-1] if scale != 1.0 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a FLOPs count (e.g. 361M or 3.6e8)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"FLOPs must be positive, not {text}")
+    return value
+
+
+def load_random_state(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        raise UsageError(f"{path} is not a random-search record (it may be corrupt)") from None
+
+
 def check_run(args):
     """Everything that can be refused is refused here, before anything is written to OUT."""
     runtime.check_devices(args)
-    ck_path = os.path.join(args.out, CHECKPOINT)
+    ck_path = os.path.join(args.out, RANDOM_STATE if args.random else CHECKPOINT)
     if os.path.exists(ck_path) and not args.resume:
         raise UsageError(f"{args.out} already holds a search checkpoint; use --resume to continue it "
                          "or --out to start elsewhere")
@@ -432,8 +577,10 @@ def check_run(args):
                      split_file=None)
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
     resolve_table(args, space)
+    if args.random:
+        draw_in_window(space, flops_table(space), args.random, args.target_flops, torch.Generator().manual_seed(args.seed))
     if args.resume and os.path.exists(ck_path):
-        ck = runtime.load_checkpoint(ck_path)
+        ck = load_random_state(ck_path) if args.random else runtime.load_checkpoint(ck_path)
         if not isinstance(ck, dict) or "config" not in ck:
             raise UsageError(f"{ck_path} is not a search checkpoint")
         want, have = run_config(args), ck["config"]
@@ -449,19 +596,17 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "args.json"), "w") as f:
         json.dump(vars(args), f, indent=1)
-    t0 = time.time()
-    runtime.launch(search_worker, args)
+    runtime.launch(random_search_worker if args.random else search_worker, args)
     if args.preset:
-        walkthrough_end(args, time.time() - t0)
+        walkthrough_end(args)
 
 
-def walkthrough_end(args, search_seconds):
+def walkthrough_end(args):
     """--preset: retrain the derived network, evaluate it on the test set, and sum up."""
     import retrain
     arch_path, out = os.path.join(args.out, "arch.json"), os.path.join(args.out, "retrain")
     resume = ["--resume"] if os.path.exists(os.path.join(out, "checkpoint.pt")) else []
     print(f"\n== retraining the derived network ({' '.join(RETRAIN_PRESETS[args.preset])}) ==", flush=True)
-    t0 = time.time()
     retrain.main(["--arch", arch_path, "--data", args.data, "--out", out, "--seed", str(args.seed),
                   "--log-every", str(args.log_every)] + RETRAIN_PRESETS[args.preset] + resume)
     with open(os.path.join(out, "report.json")) as f:
@@ -472,11 +617,12 @@ def walkthrough_end(args, search_seconds):
     with open(arch_path) as f:
         arch = json.load(f)
     print(f"\n== summary ==")
-    print(f"search: {search_seconds / 60:.1f} min; retrain + test: {(time.time() - t0) / 60:.1f} min")
+    searched = sum(r.get("seconds", 0.0) for r in log)  # summed from the log, so a resumed run counts in full
+    print(f"search: {searched / 60:.1f} min; retrain + test: {report['wall_s'] / 60:.1f} min")
     print(f"derived widths {[b['out'] for b in arch['blocks']]} (path {arch['path']}); "
           f"{report['flops'] / 1e6:.2f}M FLOPs, {report['params'] / 1e6:.3f}M params")
-    print(f"test accuracy (Fashion-MNIST, 10k official test images): top-1 {report['top1']:.2f}%; "
-          f"chance 10%, untrained super network {untrained:.2f}% (validation split)")
+    baseline = "" if untrained is None else f", untrained super network {untrained:.2f}% (validation split)"
+    print(f"test accuracy ({args.data}, its evaluation set): top-1 {report['top1']:.2f}%; chance 10%{baseline}")
     print(f"outputs: {args.out}/ (arch.json, arch.svg, supernet.svg, search_log.jsonl, retrain/report.json)")
     print(f"the same search on ImageNet with 4 GPUs:  {IMAGENET_COMMAND}")
 
