@@ -42,7 +42,7 @@ DEFAULTS = {
 # not ~40,000; everything else is the paper's recipe at a smaller scale.
 PRESETS = {"laptop": dict(space="mini", data="fashion-mnist", subset=2500, epochs=4, warmup_epochs=2,
                           batch_size=64, lr=0.1, arch_lr=3e-3, out=os.path.join("runs", "laptop"))}
-RETRAIN_PRESETS = {"laptop": ["--epochs", "3", "--batch-size", "128", "--lr", "0.1", "--subset", "20000"]}
+RETRAIN_PRESETS = {"laptop": ["--epochs", "3", "--batch-size", "128", "--lr", "0.1", "--subset", "12000"]}
 IMAGENET_COMMAND = "python search.py --space mbv2 --data /path/to/imagenet --gpus 4"
 # cost units of log_tau(cost) in Eq. 8: latency in ms (tau = 15), FLOPs in millions (tau = 3500)
 UNITS = {"flops": 1e6, "latency_ms": 1.0}

@@ -2,13 +2,14 @@
 
 Read top to bottom: candidate operations, the BasicLayer (Eq. 1-2), the RoutingBlock
 (Eq. 4), the dense SuperNet with its path probabilities (Eq. 3), and the search spaces
-(`mbv2`, `resnet`, `toy`) as SPEC.md gives them.
+(`mbv2`, `resnet` as SPEC.md gives them; `mini` for the laptop walkthrough, `toy` for tests).
 
     python supernet.py --space mbv2 --describe [--input-size N] [--num-classes K] [--connect M]
 """
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -39,6 +40,9 @@ def run_cli(main):
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 # ----------------------------------------------------------------------------------------
