@@ -1,0 +1,369 @@
+"""How much the super network costs on top of the compute it actually runs (supplement A.3).
+
+With dropping-path, a search step runs only a sampled sub-network of the super network: one
+candidate per layer in a weight step, two in an architecture step. This benchmark times the two
+steps of search.py and compares each with its *active-compute reference*, a plain network made
+of the very same op modules that the step ran, wired in the same dense graph, with nothing else:
+
+  weight step  super network: net(x, samples) with one sampled candidate per layer, CE, backward,
+               SGD step, as search.weight_epoch does.
+               reference: stem, every routing block's sampled branch ops summed with fixed weights
+               (Eq. 4 with p frozen), the sampled basic-layer ops, the classifier; CE, backward, an
+               SGD step over its own parameters (sharing the super network's momentum buffers).
+  arch step    super network: two sampled candidates per layer, L = CE + lambda * log_tau(cost)
+               with the chained cost (Eq. 8, cost.CostModel), backward to alpha and beta only
+               (weights frozen), Adam step, then the rebias of Eq. 10, as search.arch_epoch does.
+               reference: the same sub-network with each layer's two candidates mixed by fixed
+               weights; the weights are frozen and the mixing weights are leaves that require a
+               gradient, so backward runs through the same activations; CE only, no optimiser.
+
+Both see the same input and the same sampled candidates: a list of samples is drawn up front
+(search.sample_candidates, seeded) and step i of both networks uses sample i. The two networks
+take turns, and which goes first alternates, so machine noise hits both alike. Sampling itself
+is timed apart (it is not in the step times). Before any timing, a few untimed steps run every
+candidate once, so no timed step pays for choosing or building a kernel for a new op shape.
+Targets: weight step <= 1.25x the reference's time, arch step <= 1.5x, peak memory <= 1.3x;
+the time ratio is the median over steps of the two times on the same sample (paired).
+
+Peak memory is the largest number of bytes the step holds at once on top of what existed when
+it began (parameters, buffers, optimiser state, the batch); gradients of the previous step are
+released first. On CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus
+memory_allocated at the start. On the CPU, which keeps no such counter: the same quantity from
+the allocation and free records of PyTorch's CPU allocator, taken with torch.profiler
+(profile_memory=True) and summed in time order; memory that does not go through the allocator
+(e.g. library scratch buffers) is not seen. It is measured in separate, untimed steps on the
+first --mem-steps samples; the figure is the largest of them.
+
+    python bench.py --space mbv2 --input-size 64 --batch-size 32 --device cpu
+    python bench.py --space mbv2 --device cuda --batch-size 64 --steps 50
+
+The last line of stdout is one JSON object with every figure and the settings.
+"""
+import json
+import math
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cost import CostModel, flops_table
+from latency import get_device
+from search import DEFAULTS, UNITS, rebias, sample_candidates, set_trainable
+from supernet import SPACES, ArgumentParser, SuperNet, UsageError, get_space, run_cli
+
+TARGETS = {"weight": 1.25, "arch": 1.5, "memory": 1.3}  # super network / reference, at most
+
+
+# ----------------------------------------------------------------------------------------
+# The active-compute reference: the sampled sub-network and nothing else
+
+def chain_sum(terms):
+    """t_0 + t_1 + ...; unlike sum() it adds no `0 +` pass over the first term."""
+    terms = iter(terms)
+    x = next(terms)
+    for t in terms:
+        x = x + t
+    return x
+
+
+class Mixed(nn.Module):
+    """One layer of the sub-network: its sampled op modules, mixed by fixed weights when there are several."""
+
+    def __init__(self, ops, weights):
+        super().__init__()
+        self.ops, self.weights = nn.ModuleList(ops), weights
+
+    def forward(self, x):
+        if len(self.ops) == 1:
+            return self.ops[0](x)
+        return chain_sum(w * op(x) for w, op in zip(self.weights, self.ops))
+
+
+class Route(nn.Module):
+    """A routing block of the sub-network: branch outputs weighted by fixed p_ij and summed (Eq. 4), then its layers."""
+
+    def __init__(self, sources, branches, p, layers):
+        super().__init__()
+        self.sources, self.branches, self.p, self.layers = sources, nn.ModuleList(branches), p, nn.Sequential(*layers)
+
+    def forward(self, outs):
+        return self.layers(chain_sum(w * br(outs[i]) for w, br, i in zip(self.p, self.branches, self.sources)))
+
+
+class Reference(nn.Module):
+    """The network that runs exactly what net(x, samples) runs, reusing net's own op modules.
+
+    Its constants are p = net.path_probs() and, per layer, softmax(alpha) over the sampled
+    candidates (Eq. 2-4), frozen at construction, so with the same weights it computes the same
+    logits as the super network. grad=True makes every constant a leaf that requires a gradient
+    (the architecture step's backward pass); the constants are not parameters.
+    """
+
+    def __init__(self, net, samples, grad=False):
+        super().__init__()
+        with torch.no_grad():
+            p = net.path_probs()
+            mix = {layer.slot: F.softmax(layer.alpha[samples[layer.slot]], 0) for layer in net.layers}
+
+        self.constants = []  # every fixed weight, in construction order
+
+        def leaves(t):
+            c = [v.clone().requires_grad_(grad) for v in t.unbind()]
+            self.constants += c
+            return c
+
+        def mixed(layer):
+            s = samples[layer.slot]
+            return Mixed([layer.ops[k] for k in s], leaves(mix[layer.slot]) if len(s) > 1 else None)
+
+        self.stem, self.classifier = net.stem, net.classifier
+        self.blocks = nn.ModuleList(
+            Route(blk.sources, [mixed(br) for br in blk.branches], leaves(p[idx]), [mixed(la) for la in blk.layers])
+            for blk, idx in zip(net.blocks, net._in_edges))
+
+    def forward(self, x):
+        outs = [self.stem(x)]
+        for blk in self.blocks:
+            outs.append(blk(outs))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(outs[-1], 1), 1))
+
+
+# ----------------------------------------------------------------------------------------
+# The four steps
+
+class Bench:
+    """The super network, its optimisers and cost model as search.Context holds them, and one batch."""
+
+    def __init__(self, space, device, batch_size, seed=0):
+        d = DEFAULTS.get(space.name, DEFAULTS["mbv2"])
+        self.device, self.lam, self.tau = device, d["lam"], d["tau"]
+        torch.manual_seed(seed)
+        self.net = SuperNet(space).to(device)
+        cuda = device.type == "cuda"
+        if cuda:  # as search.Context does
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net.train()
+        self.weights, self.alphas = self.net.weight_parameters(), self.net.alphas()
+        self.w_opt = torch.optim.SGD(self.weights, lr=d["lr"], momentum=d["momentum"], weight_decay=d["weight_decay"])
+        # every momentum buffer exists up front, as after the first steps of a real search (zeros
+        # give exactly SGD's first-step buffer), so no step of either network pays for creating one
+        for w in self.weights:
+            self.w_opt.state[w]["momentum_buffer"] = torch.zeros_like(w)
+        self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=d["arch_lr"], betas=d["arch_betas"],
+                                      weight_decay=d["arch_weight_decay"])
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=d["label_smoothing"])
+        self.cost_model, self.unit = CostModel(space, flops_table(space)), UNITS["flops"]
+        g = torch.Generator().manual_seed(seed)
+        r = space.input_size
+        self.x = torch.randn(batch_size, space.in_channels, r, r, generator=g).to(device)
+        if cuda:
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.y = torch.randint(0, space.num_classes, (batch_size,), generator=g).to(device)
+
+    def freeze(self, step):
+        """Weights trainable and alpha, beta frozen for the weight step; the other way round for the arch step."""
+        set_trainable(self.weights, step == "weight")
+        set_trainable(self.net.arch_parameters(), step == "arch")
+
+    def super_weight(self, samples):
+        """search.weight_epoch's step: one candidate per layer, CE, backward, SGD."""
+        loss = self.criterion(self.net(self.x, samples), self.y)
+        self.w_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.w_opt.step()
+
+    def super_arch(self, samples):
+        """search.arch_epoch's step: two candidates per layer, Eq. 8, backward to alpha and beta, Adam, Eq. 10."""
+        old = [a.detach().clone() for a in self.alphas]
+        ce = self.criterion(self.net(self.x, samples), self.y)
+        cost = self.cost_model(self.alphas, self.net.path_probs(), "chained") / self.unit
+        loss = ce + self.lam * torch.log(cost) / math.log(self.tau)  # Eq. 8
+        self.a_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.a_opt.step()
+        rebias(self.alphas, old, samples)  # Eq. 10
+
+    def reference(self, step, samples):
+        """The reference for one sample, and the function that runs its step."""
+        ref = Reference(self.net, samples, grad=step == "arch")
+        if step == "arch":
+            return ref, lambda: self.criterion(ref(self.x), self.y).backward()
+        g = self.w_opt.param_groups[0]
+        opt = torch.optim.SGD(ref.parameters(), lr=g["lr"], momentum=g["momentum"], weight_decay=g["weight_decay"])
+        opt.state = self.w_opt.state  # the same momentum buffers
+
+        def run():
+            loss = self.criterion(ref(self.x), self.y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return ref, run
+
+
+# ----------------------------------------------------------------------------------------
+# Measuring
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device):
+    """Wall time of fn() in seconds, the device synchronised before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def peak_bytes(fn, device):
+    """Peak memory of fn() above what is held when it starts (the module docstring says exactly what)."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # the allocator's records (+bytes on allocation, -bytes on free); the public event list folds
+    # them into the ops, so read the raw ones and sum them in time order
+    records = sorted((e for e in prof.profiler.kineto_results.events()
+                      if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU),
+                     key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in records:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def covering_samples(net, k):
+    """k candidates per layer, in as few samples as run every candidate of every layer at least once."""
+    n = max(len(layer.candidates) for layer in net.layers)
+    return [{layer.slot: sorted({(i * k + t) % len(layer.candidates) for t in range(k)}) for layer in net.layers}
+            for i in range(math.ceil(n / k))]
+
+
+def measure(b, step, samples, warmup, mem_steps):
+    """Time `step` ("weight" or "arch") of the super network and of its reference, taking turns, and
+    measure the peak memory of both on the first mem_steps samples after the warm-up."""
+    b.freeze(step)
+    fn = b.super_weight if step == "weight" else b.super_arch
+    # untimed steps that together run every candidate: the kernels of each op shape are chosen (cudnn.benchmark)
+    # or built (oneDNN primitives) before any timing, whichever network meets the shape first
+    for s in covering_samples(b.net, 1 if step == "weight" else 2):
+        fn(s)
+    times = {"super": [], "reference": []}
+    for i, s in enumerate(samples):
+        _, ref_fn = b.reference(step, s)
+        runs = [("super", lambda: fn(s)), ("reference", ref_fn)]
+        for who, run in runs[::1 if i % 2 == 0 else -1]:
+            t = timed(run, b.device)
+            if i >= warmup:
+                times[who].append(t)
+    mem = {"super": 0, "reference": 0}
+    for s in samples[warmup:warmup + mem_steps]:
+        _, ref_fn = b.reference(step, s)
+        for who, run in (("super", lambda: fn(s)), ("reference", ref_fn)):
+            b.w_opt.zero_grad(set_to_none=True)
+            b.a_opt.zero_grad(set_to_none=True)
+            mem[who] = max(mem[who], peak_bytes(run, b.device))
+    return times, mem
+
+
+def figures(times, peak, batch_size):
+    med, mean = statistics.median(times), statistics.fmean(times)
+    return {"img_s": batch_size / med, "ms_median": 1e3 * med, "ms_mean": 1e3 * mean, "peak_bytes": peak}
+
+
+# ----------------------------------------------------------------------------------------
+
+def main(argv=None):
+    ap = ArgumentParser(__doc__)
+    ap.add_argument("--space", default="mbv2", help=f"search space ({', '.join(SPACES)}; default mbv2)")
+    ap.add_argument("--input-size", type=int, default=64, help="input image size (default 64)")
+    ap.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000)")
+    ap.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:k] (default cpu)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps of each network per step kind (default 20)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps before them (default 3)")
+    ap.add_argument("--mem-steps", type=int, default=2,
+                    help="samples whose peak memory is measured, in extra untimed steps (default 2)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the weights, the batch and the samples (default 0)")
+    args = ap.parse_args(argv)
+    for name in ("batch_size", "steps", "threads", "mem_steps", "num_classes"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    if args.warmup < 0:
+        raise UsageError(f"--warmup must be at least 0, got {args.warmup}")
+    if args.mem_steps > args.steps:
+        raise UsageError(f"--mem-steps {args.mem_steps} exceeds --steps {args.steps}")
+    space = get_space(args.space, args.input_size, 3, args.num_classes)
+    dev, device_name = get_device(args.device, args.threads)
+    b = Bench(space, dev, args.batch_size, args.seed)
+
+    # the samples of every step, drawn up front (dropping-path, supplement A.3); sampling is timed apart
+    g = torch.Generator().manual_seed(args.seed)
+    n = args.warmup + args.steps
+    samples, sample_ms = {}, {}
+    for step, k in (("weight", 1), ("arch", 2)):
+        t0 = time.perf_counter()
+        samples[step] = [sample_candidates(b.net, k, g) for _ in range(n)]
+        sample_ms[step] = 1e3 * (time.perf_counter() - t0) / n
+
+    res = {"settings": {"space": space.name, "input_size": space.input_size, "batch_size": args.batch_size,
+                        "num_classes": space.num_classes, "device": device_name, "torch": torch.__version__,
+                        "threads": torch.get_num_threads(), "steps": args.steps, "warmup": args.warmup,
+                        "mem_steps": args.mem_steps, "seed": args.seed}}
+    print(f"bench: space {space.name} at {space.input_size}px, batch {args.batch_size}, {device_name}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}; {args.warmup} warm-up + {args.steps} "
+          f"timed steps per network, taking turns")
+    print(f"{'step':<7} {'network':<10} {'img/s':>9} {'ms median':>10} {'ms mean':>9} {'peak MiB':>9}")
+    met = True
+    for step in ("weight", "arch"):
+        times, mem = measure(b, step, samples[step], args.warmup, args.mem_steps)
+        for who in ("super", "reference"):
+            f = res[f"{step}_{who}"] = figures(times[who], mem[who], args.batch_size)
+            print(f"{step:<7} {who:<10} {f['img_s']:9.1f} {f['ms_median']:10.2f} {f['ms_mean']:9.2f} "
+                  f"{f['peak_bytes'] / 2**20:9.2f}")
+        # the time ratio is paired: the median over steps of super / reference on the same sample, run
+        # back to back, so the spread of cost between samples and slow drifts of the machine cancel
+        s, r = res[f"{step}_super"], res[f"{step}_reference"]
+        t_ratio = statistics.median(a / c for a, c in zip(times["super"], times["reference"]))
+        m_ratio = s["peak_bytes"] / max(r["peak_bytes"], 1)
+        ok_t, ok_m = t_ratio <= TARGETS[step], m_ratio <= TARGETS["memory"]
+        met &= ok_t and ok_m
+        res[f"{step}_ratio"] = {"time": t_ratio, "time_of_medians": s["ms_median"] / r["ms_median"],
+                                "memory": m_ratio, "time_target": TARGETS[step],
+                                "memory_target": TARGETS["memory"], "met": ok_t and ok_m}
+        verdict = {True: "met", False: "MISSED"}
+        print(f"{step:<7} {'ratio':<10} time {t_ratio:.3f}x (target <= {TARGETS[step]}x: {verdict[ok_t]}; "
+              f"ratio of medians {res[f'{step}_ratio']['time_of_medians']:.3f}x), "
+              f"memory {m_ratio:.3f}x (target <= {TARGETS['memory']}x: {verdict[ok_m]})")
+    # what dropping-path saves (supplement A.3): one step of the whole super network, every candidate of
+    # every layer mixed by softmax(alpha) (Eq. 2), forward and backward, against the sampled weight step
+    b.freeze("weight")
+    b.w_opt.zero_grad(set_to_none=True)
+    full = peak_bytes(lambda: b.criterion(b.net(b.x), b.y).backward(), b.device)
+    b.w_opt.zero_grad(set_to_none=True)
+    res["full_supernet_peak_bytes"] = full
+    res["dropping_path_memory_saving"] = full / max(res["weight_super"]["peak_bytes"], 1)
+    print(f"without dropping-path (every candidate, Eq. 2; forward + backward): peak {full / 2**20:.2f} MiB, "
+          f"{res['dropping_path_memory_saving']:.2f}x the sampled weight step's")
+    res["sample_ms"] = sample_ms
+    res["targets_met"] = met
+    print(f"sampling (not in the step times): {sample_ms['weight']:.2f} ms per weight step, "
+          f"{sample_ms['arch']:.2f} ms per arch step; all targets {'met' if met else 'NOT met'}")
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    run_cli(main)

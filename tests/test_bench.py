@@ -1,0 +1,75 @@
+"""bench.py: the active-compute reference computes what the super network computes, and the
+benchmark's JSON line carries every figure. Timings are never asserted."""
+import json
+
+import torch
+import torch.nn.functional as F
+
+import bench
+from search import sample_candidates
+from supernet import SuperNet, get_space
+
+
+def toy_net(seed=0):
+    """The toy super network with random alpha and beta, so every constant of the reference matters."""
+    torch.manual_seed(seed)
+    net = SuperNet(get_space("toy", 16, 3, 10))
+    with torch.no_grad():
+        for a in net.arch_parameters():
+            a.normal_()
+    return net.train()
+
+
+def test_reference_is_the_sampled_sub_network():
+    """Same logits, same weight gradients, and exactly the parameters of the modules the step ran;
+    for two candidates per layer, the reference's constant gradients give the super network's
+    alpha and beta gradients (chain rule through softmax, Eq. 2-3)."""
+    net, g = toy_net(), torch.Generator().manual_seed(1)
+    x, y = torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 10, (4,), generator=g)
+    for k in (1, 2):
+        samples = sample_candidates(net, k, g)
+        ref = bench.Reference(net, samples, grad=k == 2)
+        ran = {id(p) for m in (net.stem, net.classifier) for p in m.parameters()}
+        ran |= {id(p) for layer in net.layers for i in samples[layer.slot] for p in layer.ops[i].parameters()}
+        assert {id(p) for p in ref.parameters()} == ran
+
+        net.zero_grad(set_to_none=True)
+        logits = net(x, samples)
+        F.cross_entropy(logits, y).backward()
+        got = {id(p): p.grad.clone() for p in net.parameters() if p.grad is not None}
+        net.zero_grad(set_to_none=True)
+        ref_logits = ref(x)
+        F.cross_entropy(ref_logits, y).backward()
+        assert torch.allclose(logits, ref_logits, atol=1e-5)
+        for p in net.weight_parameters():
+            assert (id(p) in got) == (id(p) in ran)
+            if p.grad is not None:
+                assert torch.allclose(p.grad, got[id(p)], atol=1e-5)
+        if k == 2:
+            p = net.path_probs()
+            pairs = [(p[idx], rb.p) for idx, rb in zip(net._in_edges, ref.blocks)]
+            for nb, rb in zip(net.blocks, ref.blocks):
+                for la, mx in zip(list(nb.branches) + list(nb.layers), list(rb.branches) + list(rb.layers)):
+                    if mx.weights:
+                        pairs.append((F.softmax(la.alpha[samples[la.slot]], 0), mx.weights))
+            chained = sum((expr * torch.stack([c.grad for c in leaves])).sum() for expr, leaves in pairs)
+            want = torch.autograd.grad(chained, net.arch_parameters(), allow_unused=True)
+            for a, w in zip(net.arch_parameters(), want):
+                if w is not None:
+                    assert torch.allclose(got[id(a)], w, atol=1e-6)
+            assert all(c.grad is not None for c in ref.constants)
+
+
+def test_bench_prints_every_figure(capsys):
+    bench.main(["--space", "toy", "--input-size", "16", "--batch-size", "4", "--num-classes", "10",
+                "--steps", "1", "--warmup", "0", "--mem-steps", "1"])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["settings"]["space"] == "toy" and res["settings"]["threads"] == torch.get_num_threads()
+    for step in ("weight", "arch"):
+        for who in ("super", "reference"):
+            f = res[f"{step}_{who}"]
+            assert all(f[key] > 0 for key in ("img_s", "ms_median", "ms_mean", "peak_bytes"))
+        r = res[f"{step}_ratio"]
+        assert r["time"] > 0 and r["time_of_medians"] > 0 and r["memory"] > 0 and isinstance(r["met"], bool)
+    assert isinstance(res["targets_met"], bool)
+    assert res["full_supernet_peak_bytes"] > res["weight_super"]["peak_bytes"]  # every candidate holds more
