@@ -468,7 +468,7 @@ def parse_args(argv=None):
                          "the test set, all on a CPU in about ten minutes (flags given override its settings)")
     ap.add_argument("--space", help=f"search space: {', '.join(SPACES)} (default mbv2)")
     ap.add_argument("--data", help="fashion-mnist (default), fake, or an ImageFolder root with train/<class>/*")
-    ap.add_argument("--out", default=None, help="output folder (default runs/search-SPACE)")
+    ap.add_argument("--out", default=None, help="output folder (default runs/search-SPACE, runs/random-SPACE with --random)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     ap.add_argument("--seed", type=int, default=0, help="seed of data order, sampling and init (default 0)")
     ap.add_argument("--input-size", type=int, default=None,
@@ -523,7 +523,7 @@ def parse_args(argv=None):
         raise UsageError("--target-flops goes with --random K")
     for k, v in PRESETS.get(args.preset, {}).items():
         if getattr(args, k) is None:
-            setattr(args, k, v)
+            setattr(args, k, v + "-random" if k == "out" and args.random else v)
     args.space, args.data = args.space or "mbv2", args.data or "fashion-mnist"
     if args.space not in DEFAULTS:
         raise UsageError(f"unknown space '{args.space}' (known: {', '.join(SPACES)})")
@@ -542,7 +542,7 @@ def parse_args(argv=None):
         raise UsageError(f"--batch-size {args.batch_size} must be positive and divisible by the number of processes")
     if args.eval_from is None:
         args.eval_from = args.warmup_epochs + 1
-    args.out = args.out or os.path.join("runs", f"search-{args.space}")
+    args.out = args.out or os.path.join("runs", f"{'random' if args.random else 'search'}-{args.space}")
     return args
 
 
@@ -569,7 +569,11 @@ def load_random_state(path):
 def check_run(args):
     """Everything that can be refused is refused here, before anything is written to OUT."""
     runtime.check_devices(args)
-    ck_path = os.path.join(args.out, RANDOM_STATE if args.random else CHECKPOINT)
+    ck_path, other = (os.path.join(args.out, f) for f in ((RANDOM_STATE, CHECKPOINT) if args.random
+                                                           else (CHECKPOINT, RANDOM_STATE)))
+    if os.path.exists(other):
+        raise UsageError(f"{args.out} holds a {'search' if args.random else 'random search'}; "
+                         "use --out to start elsewhere")
     if os.path.exists(ck_path) and not args.resume:
         raise UsageError(f"{args.out} already holds a search checkpoint; use --resume to continue it "
                          "or --out to start elsewhere")

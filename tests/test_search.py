@@ -136,7 +136,8 @@ def test_kill_and_resume_equals_the_uninterrupted_run(tmp_path):
 
 def test_bad_input_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys):
     """Unknown space, missing data, one-class ImageFolder, corrupt or mismatched checkpoint,
-    a table for another input size, --gpus beyond what is visible: exit 2, one line, OUT untouched."""
+    a table for another input size, --gpus beyond what is visible, a random search into a search
+    folder or without its target: exit 2, one line, OUT untouched."""
     done, fresh = tmp_path / "done", tmp_path / "fresh"
     assert run(TOY + ["--epochs", "1", "--warmup-epochs", "1", "--out", str(done)]).returncode == 0
     corrupt = tmp_path / "corrupt"
@@ -158,6 +159,8 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys):
         "lut": (TOY + ["--cost", "latency", "--lut", str(lut)], fresh, "input_size=28"),
         "gpus": (TOY + ["--gpus", "1"], fresh, "--gpus 1"),
         "flag": (TOY + ["--no-such-flag"], fresh, "--no-such-flag"),
+        "random_into_search": (TOY + ["--random", "2", "--target-flops", "0.8M"], done, "holds a search"),
+        "random_no_target": (TOY + ["--random", "2"], fresh, "--target-flops"),
     }
     for name, (argv, out, says) in cases.items():
         before = snapshot(out)
