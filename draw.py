@@ -73,7 +73,7 @@ def arch_svg(arch, title=None):
 
 def supernet_svg(space, p, path, title=None):
     """The super network: blocks by stage (columns of bands) and resolution (rows), edges ~ p_ij."""
-    dx, dy, left, top = 70, 90, 50, 70
+    dx, dy, left, top = 70, 90, 50, 84
     levels = sorted({b.level for b in space.blocks})
     pos = {b.index: (left + dx * b.index, top + dy * levels.index(b.level)) for b in space.blocks}
     on_path = set(zip(path, path[1:]))
@@ -102,9 +102,10 @@ def supernet_svg(space, p, path, title=None):
                     f'stroke="{"#d62728" if hot else "#333"}" stroke-width="{2 if hot else 1}"/>'
                     f'<text x="{x}" y="{y + 4}" text-anchor="middle">{b.channels}</text>'
                     f'<text x="{x}" y="{y + 30}" text-anchor="middle" fill="#555">B{b.index}</text></g>')
-    body.append(f'<text x="{left}" y="18" font-size="13">{escape(title or "super network")} ({space.name}, '
-                f'M={space.connect}): circles are routing blocks (width inside), stroke ~ p_ij, red: the Viterbi path '
-                f'{"-".join(map(str, path))}</text>')
+    body.append(f'<text x="{left}" y="16" font-size="13">{escape(title or "super network")} ({space.name}, '
+                f'M={space.connect}): circles are routing blocks (width inside), stroke ~ p_ij</text>'
+                f'<text x="{left}" y="32" font-size="12" fill="#c00">red: the Viterbi path '
+                f'{" - ".join(map(str, path))}</text>')
     return _svg(left + dx * space.n + 60, top + dy * len(levels) + 10, body)
 
 
