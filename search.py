@@ -628,7 +628,8 @@ def walkthrough_end(args):
     baseline = "" if untrained is None else f", untrained super network {untrained:.2f}% (validation split)"
     print(f"test accuracy ({args.data}, its evaluation set): top-1 {report['top1']:.2f}%; chance 10%{baseline}")
     print(f"outputs: {args.out}/ (arch.json, arch.svg, supernet.svg, search_log.jsonl, retrain/report.json)")
-    print(f"the same search on ImageNet with 4 GPUs:  {IMAGENET_COMMAND}")
+    command = IMAGENET_COMMAND + (" --random 15 --epochs 5 --target-flops 361M" if args.random else "")
+    print(f"the same search on ImageNet with 4 GPUs:  {command}")
 
 
 if __name__ == "__main__":
