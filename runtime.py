@@ -93,33 +93,31 @@ def world_size():
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
+def _collective_in_place(tensors, collective):
+    """Run `collective` on one flat copy of `tensors` (one message, not one per tensor) and copy the result back."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    collective(flat)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
 def average_gradients(params):
     """All-reduce the gradients of `params` and divide by the world size, as DDP does."""
     if world_size() == 1:
         return
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+    if grads:
+        _collective_in_place(grads, lambda flat: (dist.all_reduce(flat), flat.div_(world_size())))
 
 
 def broadcast_buffers(model):
     """Copy rank 0's buffers (BN running statistics) to every rank, as DDP does before each forward."""
     if world_size() == 1:
         return
-    bufs = [b for b in model.buffers() if b.dtype.is_floating_point]
-    flat = torch.cat([b.reshape(-1) for b in bufs])
-    dist.broadcast(flat, 0)
-    offset = 0
-    for b in bufs:
-        b.copy_(flat[offset:offset + b.numel()].view_as(b))
-        offset += b.numel()
+    _collective_in_place([b for b in model.buffers() if b.dtype.is_floating_point],
+                         lambda flat: dist.broadcast(flat, 0))
 
 
 def check_in_sync(model):

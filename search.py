@@ -324,14 +324,10 @@ def end_of_epoch(ctx, rec, seconds, log_path):
         f.write(json.dumps(rec) + "\n")
     u = ctx.unit
     val = f" val acc {rec['val_acc']:.2f}%" if "val_acc" in rec else ""
-    print(f"epoch {rec['epoch']}/{a.epochs} ({rec['stage']}) {fmt_secs(seconds)}: train loss {rec['train_loss']:.3f} "
+    print(f"epoch {rec['epoch']}/{a.epochs} ({rec['stage']}) {runtime.fmt_time(seconds)}: train loss {rec['train_loss']:.3f} "
           f"acc {rec['train_acc']:.2f}%{val}; estimated cost {est / u:.3f}, derived arch cost "
           f"{rec['arch_cost'] / u:.3f} ({ctx.table['metric']}{'/1e6' if u != 1 else ''}); "
           f"widths {rec['widths']}", flush=True)
-
-
-def fmt_secs(s):
-    return runtime.fmt_time(s)
 
 
 def finish(a):
@@ -447,7 +443,7 @@ def random_search_worker(rank, world, device, args):
             with open(log_path, "a") as f:
                 f.write(json.dumps({key: v for key, v in rec.items() if key not in ("arch", "alphas", "p")}) + "\n")
             save_json_atomic({"config": run_config(args), "records": records}, state_path)
-            print(f"sample {k + 1}/{args.random} {fmt_secs(rec['seconds'])}: {flops / 1e6:.2f}M FLOPs, widths "
+            print(f"sample {k + 1}/{args.random} {runtime.fmt_time(rec['seconds'])}: {flops / 1e6:.2f}M FLOPs, widths "
                   f"{rec['widths']}, val acc {top1:.2f}% (best so far {best['val_acc']:.2f}%, sample {best['sample']})",
                   flush=True)
         runtime.barrier()
