@@ -54,13 +54,33 @@ OPS = MBCONVS + ["mbconv_k3_e1", "skip", "basic_block", "bottleneck"]
 FIXED_OPS = ["conv3x3", "conv1x1", "linear"]
 
 
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise kxk convolution with padding k//2. On a map of H rows, the filter taps further than
+    H-1 from its centre only ever meet zero padding, so the filter is cropped to the taps that can reach
+    the map: the output and every gradient are exactly those of the whole filter (its outer taps get a zero
+    gradient either way). oneDNN is very slow on such padding-dominated filters (a 7x7 filter on a 2x2 map:
+    mbv2's last stages at 64 px), which made this the slowest part of a CPU search step."""
+
+    def forward(self, x):
+        (kh, kw), (h, w) = self.kernel_size, x.shape[-2:]
+        rh, rw = min(kh // 2, h - 1), min(kw // 2, w - 1)
+        if (rh, rw) == (kh // 2, kw // 2):
+            return super().forward(x)
+        oh, ow = kh // 2 - rh, kw // 2 - rw
+        weight = self.weight[:, :, oh:oh + 2 * rh + 1, ow:ow + 2 * rw + 1]
+        return F.conv2d(x, weight, self.bias, self.stride, (rh, rw), self.dilation, self.groups)
+
+
 def conv_bn(c_in, c_out, k, stride=1, groups=1, affine=False):
-    return [nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(c_out, affine=affine)]
+    conv = DepthwiseConv2d if groups > 1 and groups == c_in == c_out else nn.Conv2d
+    return [conv(c_in, c_out, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out, affine=affine)]
 
 
 def activation(act):
-    return {"relu6": nn.ReLU6, "relu": nn.ReLU}[act](inplace=True)
+    """ReLU6 out of place: an in-place ReLU6 that needs a gradient first copies its input (its backward
+    reads the input), which made BN + ReLU6 1.4-2.5x slower here (bench.py). ReLU's backward reads its
+    output, so an in-place ReLU costs no copy."""
+    return nn.ReLU6() if act == "relu6" else nn.ReLU(inplace=True)
 
 
 class MBConv(nn.Module):
@@ -71,8 +91,8 @@ class MBConv(nn.Module):
         hidden = c_in * e
         layers = []
         if e != 1:
-            layers += conv_bn(c_in, hidden, 1, affine=affine) + [nn.ReLU6(inplace=True)]
-        layers += conv_bn(hidden, hidden, k, stride, groups=hidden, affine=affine) + [nn.ReLU6(inplace=True)]
+            layers += conv_bn(c_in, hidden, 1, affine=affine) + [activation("relu6")]
+        layers += conv_bn(hidden, hidden, k, stride, groups=hidden, affine=affine) + [activation("relu6")]
         layers += conv_bn(hidden, c_out, 1, affine=affine)
         self.body = nn.Sequential(*layers)
         self.residual = stride == 1 and c_in == c_out
@@ -89,11 +109,11 @@ class ResBlock(nn.Module):
         super().__init__()
         if bottleneck:
             mid = c_out // 4
-            body = (conv_bn(c_in, mid, 1, affine=affine) + [nn.ReLU(inplace=True)]
-                    + conv_bn(mid, mid, 3, stride, affine=affine) + [nn.ReLU(inplace=True)]
+            body = (conv_bn(c_in, mid, 1, affine=affine) + [activation("relu")]
+                    + conv_bn(mid, mid, 3, stride, affine=affine) + [activation("relu")]
                     + conv_bn(mid, c_out, 1, affine=affine))
         else:
-            body = (conv_bn(c_in, c_out, 3, stride, affine=affine) + [nn.ReLU(inplace=True)]
+            body = (conv_bn(c_in, c_out, 3, stride, affine=affine) + [activation("relu")]
                     + conv_bn(c_out, c_out, 3, affine=affine))
         self.body = nn.Sequential(*body)
         same = stride == 1 and c_in == c_out
@@ -128,10 +148,14 @@ def make_op(name, c_in, c_out, stride=1, affine=False, act="relu6"):
 
 
 def init_weights(model):
-    """He initialisation for convolutions, as in the ResNet and MobileNetV2 papers."""
+    """He initialisation (fan-out) for convolutions, as in the ResNet and MobileNetV2 papers. The fan-out
+    is counted per group, as the authors' code does: a depthwise kxk filter feeds k*k outputs, not
+    k*k*channels (PyTorch's kaiming_normal_ counts the latter, starting depthwise filters ~sqrt(channels)
+    times smaller, which behind BN means a far larger effective learning rate on them)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
         elif isinstance(m, nn.BatchNorm2d) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
@@ -149,24 +173,67 @@ class BasicLayer(nn.Module):
     The shape-alignment branches of a routing block are BasicLayers too (c_in -> c_out,
     stride 1 or 2, no skip among their candidates; Sec. 3.1.2). `slot` is this layer's
     index in SuperNet.layers, which is where the search keeps its sampled candidates.
+    `temperature` divides alpha in every softmax (0.9 in the authors' ResNet search, else 1).
     """
 
-    def __init__(self, candidates, c_in, c_out, stride, resolution, act="relu6"):
+    def __init__(self, candidates, c_in, c_out, stride, resolution, act="relu6", temperature=1.0):
         super().__init__()
         self.candidates = list(candidates)
         self.c_in, self.c_out, self.stride, self.resolution = c_in, c_out, stride, resolution
+        self.temperature = temperature
         self.ops = nn.ModuleList(make_op(n, c_in, c_out, stride, act=act) for n in self.candidates)
-        self.alpha = nn.Parameter(torch.zeros(len(self.candidates)))
+        # a small random start, as in the authors' code: never a tie that argmax would break by position
+        self.alpha = nn.Parameter(1e-3 * torch.randn(len(self.candidates)))
         self.slot = None
+
+    def weights(self, subset=None):
+        """w = softmax(alpha / T) over all candidates (Eq. 2) or over a sampled subset of them."""
+        a = self.alpha if subset is None else self.alpha[list(subset)]
+        return F.softmax(a / self.temperature, 0)
 
     def forward(self, x, sample=None):
         if sample is None:  # Eq. 2 over all candidates
-            w = F.softmax(self.alpha, 0)
-            return sum(w[k] * op(x) for k, op in enumerate(self.ops))
+            return add_all(w * op(x) for w, op in zip(self.weights(), self.ops))
         if len(sample) == 1:  # dropping-path, weight step: softmax over one candidate is 1
             return self.ops[sample[0]](x)
-        w = F.softmax(self.alpha[list(sample)], 0)  # Eq. 2 restricted to the sampled subset
-        return sum(w[t] * self.ops[k](x) for t, k in enumerate(sample))
+        # Eq. 2 restricted to the sampled subset (dropping-path, architecture step; supplement A.3)
+        return add_all(w * self.ops[k](x) for w, k in zip(self.weights(sample), sample))
+
+
+def start_alike(layer):
+    """Make every MBConv candidate of a layer compute, at the start, the same function as its smallest
+    one (least expansion, then smallest kernel): the smallest kernel sits in the centre of each larger
+    one (zeros around it, the same output for padding k//2), the smallest's expanded channels come first
+    and the projection reads only those (zero weights from the extra ones). Training then moves each
+    candidate on its own. Under dropping-path this means that the candidates of a layer start in
+    agreement, so the layers after them do not see a different random basis at every step (not in the
+    paper; the laptop space uses it, see SpaceDef.start_alike)."""
+    mb = [op for op in layer.ops if isinstance(op, MBConv) and len(op.body) == 8]  # expand, dw, project
+    if len(mb) < 2:
+        return
+    base = min(mb, key=lambda op: (op.body[0].out_channels, op.body[3].kernel_size[0]))
+    (e0, d0, p0) = (base.body[i] for i in (0, 3, 6))
+    h, k0 = e0.out_channels, d0.kernel_size[0]
+    with torch.no_grad():
+        for op in mb:
+            if op is base:
+                continue
+            e1, d1, p1 = (op.body[i] for i in (0, 3, 6))
+            off = (d1.kernel_size[0] - k0) // 2
+            e1.weight[:h] = e0.weight
+            d1.weight[:h] = 0.0
+            d1.weight[:h, :, off:off + k0, off:off + k0] = d0.weight
+            p1.weight.zero_()
+            p1.weight[:, :h] = p0.weight
+
+
+def add_all(terms):
+    """t_0 + t_1 + ...; unlike sum() it starts from t_0, not from 0, so it adds no pass over a zero."""
+    terms = iter(terms)
+    x = next(terms)
+    for t in terms:
+        x = x + t
+    return x
 
 
 def signature(op, c_in, c_out, stride, resolution):
@@ -181,15 +248,17 @@ class RoutingBlock(nn.Module):
         super().__init__()
         self.sources = [i for (i, k) in space.edges if k == j]
         slots = [(k, s) for k, s in enumerate(space.slots) if s.block == j]
-        self.branches = nn.ModuleList(BasicLayer(*s.make_args(space.act)) for _, s in slots if s.edge)
-        self.layers = nn.ModuleList(BasicLayer(*s.make_args(space.act)) for _, s in slots if not s.edge)
+        args = (space.act, space.temperature)
+        self.branches = nn.ModuleList(BasicLayer(*s.make_args(*args)) for _, s in slots if s.edge)
+        self.layers = nn.ModuleList(BasicLayer(*s.make_args(*args)) for _, s in slots if not s.edge)
         for (k, _), layer in zip(slots, list(self.branches) + list(self.layers)):
             layer.slot = k
 
     def forward(self, inputs, p_in, samples=None):
-        """inputs: the outputs b_i of self.sources; p_in: their path probabilities p_ij (Eq. 4)."""
+        """inputs: the outputs b_i of self.sources (None for a block that was not computed);
+        p_in: their path probabilities p_ij (Eq. 4)."""
         s = samples or {}
-        x = sum(p_in[k] * br(x_i, s.get(br.slot)) for k, (br, x_i) in enumerate(zip(self.branches, inputs)))
+        x = add_all(p * br(x_i, s.get(br.slot)) for br, x_i, p in zip(self.branches, inputs, p_in) if x_i is not None)
         for layer in self.layers:
             x = layer(x, s.get(layer.slot))
         return x
@@ -213,7 +282,7 @@ class SuperNet(nn.Module):
         self.stem = nn.Sequential(*stem)
         self.blocks = nn.ModuleList(RoutingBlock(space, j) for j in range(1, space.n + 1))
         self.classifier = nn.Linear(space.end_width, space.num_classes)
-        self.beta = nn.Parameter(torch.zeros(len(space.edges)))
+        self.beta = nn.Parameter(1e-3 * torch.randn(len(space.edges)))  # as alpha: a small random start
         # every mixed layer, in the order of space.slots (layer.slot is its index here)
         self.layers = sorted((m for blk in self.blocks for m in list(blk.branches) + list(blk.layers)),
                              key=lambda m: m.slot)
@@ -222,17 +291,29 @@ class SuperNet(nn.Module):
                           for j, blk in enumerate(self.blocks, start=1)]
         if init:
             init_weights(self)
+            if space.start_alike:
+                for layer in self.layers:
+                    start_alike(layer)
 
     def path_probs(self):
-        """p_ij for every edge (Eq. 3): softmax of beta over the outgoing connections of each B_i."""
-        return torch.cat([F.softmax(self.beta[a:b], 0) for a, b in self.space.out_slices])
+        """p_ij for every edge (Eq. 3): softmax of beta / T over the outgoing connections of each B_i."""
+        return path_probs(self.beta, self.space)
 
-    def forward(self, x, samples=None):
-        """samples: None (every candidate, Eq. 2) or {slot: [candidate indices]} (dropping-path)."""
+    def forward(self, x, samples=None, path=None):
+        """samples: None (every candidate, Eq. 2) or {slot: [candidate indices]} (dropping-path).
+        path: None (every block, inputs weighted by p, Eq. 4), or a block sequence from B_0 to B_n:
+        then only its blocks run, each fed by its predecessor alone. With path = the Viterbi path
+        and samples = argmax alpha this is the derived network (Sec. 3.4) on the shared weights."""
         p = self.path_probs()
+        before = dict(zip(path[1:], path[:-1])) if path is not None else None
         outs = [self.stem(x)]
-        for blk, idx in zip(self.blocks, self._in_edges):
-            outs.append(blk([outs[i] for i in blk.sources], p[idx], samples))
+        for j, (blk, idx) in enumerate(zip(self.blocks, self._in_edges), start=1):
+            if before is None:
+                outs.append(blk([outs[i] for i in blk.sources], p[idx], samples))
+            elif j in before:
+                outs.append(blk([outs[i] if i == before[j] else None for i in blk.sources], [1.0] * len(idx), samples))
+            else:
+                outs.append(None)
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(outs[-1], 1), 1))
 
     def alphas(self):
@@ -244,6 +325,11 @@ class SuperNet(nn.Module):
     def weight_parameters(self):
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
+
+
+def path_probs(beta, space):
+    """Eq. 3: p_ij = softmax over the outgoing connections of each B_i of beta / T (T: the space's temperature)."""
+    return torch.cat([F.softmax(beta[a:b] / space.temperature, 0) for a, b in space.out_slices])
 
 
 def count_params(params):
@@ -275,8 +361,8 @@ class Slot:
     stride: int
     resolution: int  # input resolution
 
-    def make_args(self, act):
-        return self.candidates, self.c_in, self.c_out, self.stride, self.resolution, act
+    def make_args(self, act, temperature):
+        return self.candidates, self.c_in, self.c_out, self.stride, self.resolution, act, temperature
 
     def signatures(self):
         return [signature(o, self.c_in, self.c_out, self.stride, self.resolution) for o in self.candidates]
@@ -295,7 +381,9 @@ class SpaceDef:
     align_candidates: tuple  # shape-alignment candidates
     act: str
     connect: int  # M
-    skip_price: float = 0.0  # cost of skip as a fraction of the first candidate's (SPEC.md, ResNet)
+    skip_price: float = 0.0  # cost of skip as a fraction of the first candidate's (the authors' ResNet search)
+    temperature: float = 1.0  # softmax temperature on alpha and beta (the authors' ResNet search: 0.9)
+    start_alike: bool = False  # MBConv candidates of a layer start as the same function (start_alike; laptop)
 
 
 MBV2 = SpaceDef(
@@ -310,7 +398,7 @@ RESNET = SpaceDef(
     tuple([(c, 1, 1, 0) for c in (48, 56, 64)] + [(c, 2, 2, 5) for c in (72, 96, 112)]
           + [(c, 3, 3, 15) for c in (128, 144, 160, 176)] + [(c, 3, 4, 5) for c in (192, 208, 224)]
           + [(c, 4, 5, 5) for c in (240, 256, 272, 288)] + [(c, 4, 6, 1) for c in (480, 496, 512)]),
-    512, ("basic_block", "skip"), ("basic_block",), "relu", 10, skip_price=0.1)
+    512, ("basic_block", "skip"), ("basic_block",), "relu", 10, skip_price=0.1, temperature=0.9)
 
 # small enough that a forward+backward of the whole super network takes well under a second
 TOY = SpaceDef(
@@ -318,12 +406,15 @@ TOY = SpaceDef(
     ((12, 1, 1, 1), (16, 2, 2, 1), (20, 2, 2, 1), (24, 3, 3, 1), (32, 3, 3, 1), (40, 3, 4, 0)),
     64, tuple(MBCONVS + ["skip"]), tuple(MBCONVS), "relu6", 3)
 
-# MobileNetV2-like, scaled down for 28-32 px images on a CPU (the laptop walkthrough, search.py --preset laptop)
+# MobileNetV2-like, scaled down for 28-32 px images on a CPU (the laptop walkthrough, search.py --preset laptop).
+# Two MBConvs per layer (a light and a heavy one; and skip in basic layers), not six: under dropping-path each
+# candidate trains only on the steps that sample it, and with six the super network stays near chance for the
+# first thousand steps, most of a laptop's budget (README, "How the laptop preset departs from the paper").
 MINI = SpaceDef(
     "mini", 16, ("mbconv_k3_e1",), 16,
     ((16, 1, 1, 1), (24, 1, 1, 2), (32, 2, 2, 1), (40, 2, 2, 2), (48, 2, 3, 2), (64, 3, 4, 1), (80, 3, 4, 2),
      (96, 3, 5, 0)),
-    256, tuple(MBCONVS + ["skip"]), tuple(MBCONVS), "relu6", 3)
+    256, ("mbconv_k3_e3", "mbconv_k5_e6", "skip"), ("mbconv_k3_e3", "mbconv_k5_e6"), "relu6", 3, start_alike=True)
 
 SPACES = {s.name: s for s in (MBV2, RESNET, MINI, TOY)}
 

@@ -275,3 +275,67 @@ def test_sampled_basic_layer(layer_alpha_res, data):
         assert torch.allclose(layer(x, [a, b]), ws[0] * outs[a] + ws[1] * outs[b], atol=1e-5)
         k = data.draw(st.integers(0, K - 1))
         assert torch.allclose(layer(x, [k]), outs[k], atol=1e-6)
+
+
+def test_path_probs_use_the_space_temperature():
+    """Eq. 3 with the authors' temperature: p = softmax(beta / T) per block's outgoing paths; T = 0.9 for resnet."""
+    for name, t in (("resnet", 0.9), ("mbv2", 1.0)):
+        space = supernet.get_space(name, 64, 3, 10)
+        beta = torch.randn(len(space.edges), generator=torch.Generator().manual_seed(0))
+        p = supernet.path_probs(beta, space)
+        for a, b in space.out_slices:
+            assert torch.allclose(p[a:b], torch.softmax(beta[a:b] / t, 0))
+
+
+def test_architecture_parameters_start_small_and_random():
+    """alpha and beta start as 1e-3 x N(0, 1) (the authors' code), not zeros: no tie decides the start,
+    and the same seed gives the same start."""
+    def start(seed):
+        torch.manual_seed(seed)
+        net = supernet.SuperNet(supernet.get_space("toy", 16, 3, 10))
+        return torch.cat([a.detach().flatten() for a in net.arch_parameters()])
+    a, b, c = start(0), start(0), start(1)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert 0.5e-3 < a.std() < 2e-3 and a.abs().max() < 1e-2 and len(set(a.tolist())) == len(a)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10**6))
+def test_mini_candidates_start_alike(seed):
+    """The laptop space starts every MBConv candidate of a layer as the same function (supernet.start_alike);
+    the other spaces do not."""
+    torch.manual_seed(seed)
+    net = supernet.SuperNet(supernet.get_space("mini", 16, 1, 10)).train()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in net.layers:
+            x = torch.randn(4, layer.c_in, layer.resolution, layer.resolution, generator=g)
+            outs = [op(x) for n, op in zip(layer.candidates, layer.ops) if n.startswith("mbconv")]
+            assert all(torch.allclose(o, outs[0], atol=1e-5) for o in outs)
+    torch.manual_seed(seed)
+    toy = supernet.SuperNet(supernet.get_space("toy", 16, 3, 10)).train()
+    layer = toy.layers[0]
+    x = torch.randn(4, layer.c_in, layer.resolution, layer.resolution, generator=g)
+    with torch.no_grad():
+        assert not torch.allclose(layer.ops[0](x), layer.ops[1](x), atol=1e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([3, 5, 7]), st.sampled_from([1, 2]), st.integers(1, 9), st.integers(1, 9), st.integers(0, 10**6))
+def test_depthwise_conv_crop_is_exact(k, stride, h, w, seed):
+    """supernet.DepthwiseConv2d crops the filter to the taps that can reach a small map: its output and
+    its gradients (to the input and to the whole filter) equal stock nn.Conv2d's, on any map size."""
+    g = torch.Generator().manual_seed(seed)
+    mine = supernet.DepthwiseConv2d(6, 6, k, stride, k // 2, groups=6, bias=False)
+    stock = torch.nn.Conv2d(6, 6, k, stride, k // 2, groups=6, bias=False)
+    with torch.no_grad():
+        stock.weight.copy_(torch.randn(stock.weight.shape, generator=g))
+        mine.weight.copy_(stock.weight)
+    x = torch.randn(2, 6, h, w, generator=g, dtype=torch.float32)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = mine(xa), stock(xb)
+    assert ya.shape == yb.shape and torch.allclose(ya, yb, atol=1e-5)
+    up = torch.randn(ya.shape, generator=g)
+    ga = torch.autograd.grad(ya, (xa, mine.weight), up)
+    gb = torch.autograd.grad(yb, (xb, stock.weight), up)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(ga, gb))
