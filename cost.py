@@ -3,7 +3,7 @@
 A cost table maps an operation signature "op/c_in/c_out/stride/resolution" (supernet.signature)
 to a cost, so identical operations share one entry. FLOPs tables are computed here from the
 counter below, the one source of truth for FLOPs (multiply-accumulates of conv and linear
-layers at batch 1, SPEC.md); latency tables (latency.py) use the same format.
+layers at batch 1, the paper's convention); latency tables (latency.py) use the same format.
 
     python cost.py --space mbv2 [--input-size N] [--table OUT.json]   build and summarise a FLOPs table
     python cost.py --space mbv2 --samples 1500 [--seed S] [--csv F]   chained vs local estimation (Fig. 6)
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from supernet import ArgumentParser, UsageError, get_space, make_op, run_cli, SPACES
+from supernet import ArgumentParser, SPACES, UsageError, get_space, make_op, path_probs, run_cli
 
 
 # ----------------------------------------------------------------------------------------
@@ -124,9 +124,13 @@ def check_table(table, space, name="cost table"):
 # ----------------------------------------------------------------------------------------
 # The estimators
 
-def expected_cost(alpha, costs):
-    """Eq. 5: a layer's cost is the softmax(alpha)-weighted sum of its candidates' costs (batched over rows)."""
-    return (F.softmax(alpha, -1) * costs).sum(-1)
+def expected_cost(alpha, costs, temperature=1.0, mask=None):
+    """Eq. 5: a layer's cost is the softmax(alpha / T)-weighted sum of its candidates' costs (batched
+    over rows). mask (bool, like alpha): the softmax and the sum run over the masked candidates only."""
+    a = alpha / temperature
+    if mask is not None:
+        a = a.masked_fill(~mask, float("-inf"))
+    return (F.softmax(a, -1) * costs).sum(-1)
 
 
 def _weighted_sum(weights, values):
@@ -167,7 +171,7 @@ class CostModel:
 
     Holds, for every mixed layer of the super network, the table costs of its candidates, so
     that one call computes Eq. 5 for all layers at once and then Eq. 6-7 (or Eq. 9) over the graph.
-    skip_price: a skip costs this fraction of the first candidate (SPEC.md, ResNet space);
+    skip_price: a skip costs this fraction of the first candidate (the authors' ResNet search);
     None takes the space's own setting, 0 prices skips at their true cost (nothing).
     """
 
@@ -189,12 +193,22 @@ class CostModel:
         self.group_costs = {K: torch.tensor([rows[k] for k in ks], dtype=torch.float64)
                             for K, ks in self.groups.items()}
 
-    def terms(self, alphas, p):
-        """cost_b (list over blocks), cost_align and p (dicts over edges) for the current alpha and p."""
+    def terms(self, alphas, p, samples=None):
+        """cost_b (list over blocks), cost_align and p (dicts over edges) for the current alpha and p.
+        samples ({slot: candidate indices}, as the architecture step draws them): each layer is priced
+        over its sampled candidates, weighted by the softmax over those, as its forward is computed
+        (the authors' search code); None prices every candidate (Eq. 5)."""
         slot_cost = [None] * len(self.rows)
         for K, ks in self.groups.items():
             a = torch.stack([alphas[k] for k in ks]).double()
-            for k, c in zip(ks, expected_cost(a, self.group_costs[K].to(a.device)).unbind()):
+            mask = None
+            if samples is not None:
+                mask = torch.zeros(len(ks), K, dtype=torch.bool)
+                for r, k in enumerate(ks):
+                    mask[r, samples[k]] = True
+                mask = mask.to(a.device)
+            costs = expected_cost(a, self.group_costs[K].to(a.device), self.space.temperature, mask)
+            for k, c in zip(ks, costs.unbind()):
                 slot_cost[k] = c
         cost_b = [torch.tensor(float(f), dtype=torch.float64) for f in self.fixed]
         cost_align = {}
@@ -208,9 +222,9 @@ class CostModel:
         p = dict(zip(self.edges, p.double().unbind() if isinstance(p, torch.Tensor) else p))
         return cost_b, cost_align, p
 
-    def __call__(self, alphas, p, estimator="chained"):
+    def __call__(self, alphas, p, estimator="chained", samples=None):
         fn = {"chained": chained_cost, "local": local_cost}[estimator]
-        return fn(*self.terms(alphas, p))
+        return fn(*self.terms(alphas, p, samples))
 
 
 def arch_cost(arch, table):
@@ -234,7 +248,7 @@ def random_arch_params(space, generator, scale=1.0):
     """Random alpha (one vector per mixed layer) and path probabilities p = softmax(beta) (Eq. 3)."""
     alphas = [scale * torch.randn(len(s.candidates), generator=generator, dtype=torch.float64) for s in space.slots]
     beta = scale * torch.randn(len(space.edges), generator=generator, dtype=torch.float64)
-    return alphas, torch.cat([F.softmax(beta[a:b], 0) for a, b in space.out_slices])
+    return alphas, path_probs(beta, space)
 
 
 def pearson(x, y):
@@ -314,7 +328,7 @@ def main():
     print(f"FLOPs table of '{space.name}' at {space.input_size}px: {len(costs)} distinct operations")
     model = CostModel(space, table)
     alphas = [torch.zeros(len(s.candidates)) for s in space.slots]
-    p = torch.cat([F.softmax(torch.zeros(b - a), 0) for a, b in space.out_slices])
+    p = path_probs(torch.zeros(len(space.edges)), space)
     print(f"uniform alpha and beta: chained estimate {model(alphas, p) / 1e6:.1f}M FLOPs, "
           f"local estimate {model(alphas, p, 'local') / 1e6:.1f}M FLOPs")
     top = sorted(costs.items(), key=lambda kv: -kv[1])[:5]

@@ -90,6 +90,25 @@ def test_expected_cost_is_eq5(rows, k, data):
         assert math.isclose(got[r].item(), manual, rel_tol=1e-9)
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 4), st.integers(2, 7), st.sampled_from([1.0, 0.9, 0.5]), st.data())
+def test_expected_cost_over_a_sampled_subset(rows, k, t, data):
+    """Eq. 5 restricted to a subset (the architecture step's two sampled candidates, as its forward):
+    sum over the subset of softmax(alpha_subset / T) * cost, the unsampled candidates not counted."""
+    alpha = [[data.draw(st.floats(-5, 5)) for _ in range(k)] for _ in range(rows)]
+    costs = [[data.draw(positive) for _ in range(k)] for _ in range(rows)]
+    subsets = [data.draw(st.lists(st.integers(0, k - 1), min_size=1, max_size=2, unique=True)) for _ in range(rows)]
+    mask = torch.zeros(rows, k, dtype=torch.bool)
+    for r, s in enumerate(subsets):
+        mask[r, s] = True
+    got = cost.expected_cost(torch.tensor(alpha, dtype=torch.float64), torch.tensor(costs, dtype=torch.float64),
+                             t, mask)
+    for r, s in enumerate(subsets):
+        z = sum(math.exp(alpha[r][o] / t) for o in s)
+        manual = sum(math.exp(alpha[r][o] / t) / z * costs[r][o] for o in s)
+        assert math.isclose(got[r].item(), manual, rel_tol=1e-9)
+
+
 # ----------------------------------------------------------------------------------------
 # CostModel on real spaces
 
@@ -133,6 +152,35 @@ def test_cost_gradient_is_correct():
         return model(alphas, torch.cat([F.softmax(beta[a:b], 0) for a, b in space.out_slices]))
 
     assert torch.autograd.gradcheck(f, (flat,))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 10**6), st.sampled_from(["toy", "resnet"]))
+def test_cost_model_prices_the_sampled_candidates(seed, name):
+    """The architecture step's cost: each layer's Eq. 5 over its sampled candidates only, with the
+    space's temperature (0.9 for the ResNet space); with every candidate sampled it is Eq. 5 itself."""
+    space, table = space_and_table(name, 32)
+    model = cost.CostModel(space, table)
+    g = torch.Generator().manual_seed(seed)
+    alphas = [torch.randn(len(s.candidates), generator=g, dtype=torch.float64) for s in space.slots]
+    p = supernet.path_probs(torch.randn(len(space.edges), generator=g, dtype=torch.float64), space)
+    samples = {k: torch.randperm(len(s.candidates), generator=g)[:2].tolist() for k, s in enumerate(space.slots)}
+    cost_b, cost_align, _ = model.terms(alphas, p, samples)
+    t = space.temperature
+    for k, (slot, a) in enumerate(zip(space.slots, alphas)):
+        s = samples[k]
+        w = F.softmax(a[s] / t, 0)
+        want = sum(float(wi) * model.rows[k][o] for wi, o in zip(w, s))
+        if slot.edge:
+            assert math.isclose(float(cost_align[slot.edge]), want, rel_tol=1e-9)
+    every = {k: list(range(len(s.candidates))) for k, s in enumerate(space.slots)}
+    assert math.isclose(float(model(alphas, p, samples=every)), float(model(alphas, p)), rel_tol=1e-12)
+    manual = [sum(float(wi) * c for wi, c in zip(F.softmax(a / t, 0), row)) for a, row in zip(alphas, model.rows)]
+    b = list(model.fixed)
+    for slot, c in zip(space.slots, manual):
+        if not slot.edge:
+            b[slot.block] += c
+    assert all(math.isclose(float(x), y, rel_tol=1e-9) for x, y in zip(model.terms(alphas, p)[0], b))
 
 
 def test_cost_model_local_matches_eq9_terms():
