@@ -55,7 +55,7 @@ def evaluate(net, loader, device, autocast):
     top1 = top5 = total = 0
     with torch.no_grad():
         for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), y.to(device, non_blocking=True)
             with autocast:
                 logits = net(x).float()
             k = min(5, logits.shape[1])
@@ -71,9 +71,7 @@ def train_epoch(net, loader, opt, criterion, lr_at, step, device, autocast, bar)
     """One epoch of SGD on a stand-alone network (learning rate lr_at(step) per step); returns the step count."""
     net.train()
     for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), y.to(device, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         with autocast:
@@ -95,9 +93,7 @@ def retrain_worker(rank, world, device, args):
     arch = load_arch(args.arch)
     data = load_data(args.data, "retrain", args.seed, arch["input_size"], args.subset)
     torch.manual_seed(args.seed)
-    net = ArchNet(arch).to(device)
-    if cuda:
-        net = net.to(memory_format=torch.channels_last)
+    net = ArchNet(arch).to(device, memory_format=torch.channels_last)  # faster on oneDNN and cuDNN alike
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and args.amp)
     eval_loader = make_loader(data.val, args.batch_size, False, 0, args.seed, rank, world, workers, cuda,
                               drop_last=False)

@@ -12,6 +12,7 @@ Viterbi, viterbi.py) into OUT/arch.json; a checkpoint makes every run resumable.
     python search.py --resume --out runs/toy                         # continue a run
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -26,7 +27,7 @@ import runtime
 from cost import CostModel, arch_cost, check_table, flops_table, load_table, save_json_atomic
 from data import load_data, make_loader
 from supernet import ArgumentParser, SPACES, SuperNet, UsageError, get_space, run_cli
-from viterbi import arch_text, derive, derive_supernet, draw_run, save_arch_params
+from viterbi import arch_text, decisiveness, derive, derive_supernet, draw_run, save_arch_params
 
 # The paper's settings (supplement A.1, A.4; SPEC.md "Search procedure"); toy is ours, for tests.
 PAPER = dict(lr=0.2, lr_min=1e-4, momentum=0.9, weight_decay=4e-5, label_smoothing=0.1,
@@ -37,12 +38,14 @@ DEFAULTS = {
     "mini": dict(PAPER, epochs=10, warmup_epochs=4, batch_size=64, lam=0.15, tau=15.0),
     "toy": dict(PAPER, epochs=4, warmup_epochs=2, batch_size=64, lam=0.15, tau=15.0),
 }
-# --preset laptop: the whole pipeline on Fashion-MNIST on a 2-core CPU in about ten minutes. The
-# architecture learning rate is 10x the paper's because this search makes ~100 architecture steps,
-# not ~40,000; everything else is the paper's recipe at a smaller scale.
-PRESETS = {"laptop": dict(space="mini", data="fashion-mnist", subset=2500, epochs=4, warmup_epochs=2,
-                          batch_size=64, lr=0.1, arch_lr=3e-3, out=os.path.join("runs", "laptop"))}
-RETRAIN_PRESETS = {"laptop": ["--epochs", "3", "--batch-size", "128", "--lr", "0.1", "--subset", "12000"]}
+# --preset laptop: the whole pipeline on Fashion-MNIST on a 2-core CPU in about ten minutes: the `mini` space
+# (supernet.py) at 28 px, 9,600 images per split, 11 epochs of which 5 weights-only. Where it departs from the
+# paper it says why in the README ("How the laptop preset departs from the paper"); the main ones: an
+# architecture learning rate ~30x the paper's, as this search makes ~900 architecture steps, not ~7,400,
+# and a weight learning rate of 0.1 at batch 64 for ~1,700 weight steps.
+PRESETS = {"laptop": dict(space="mini", data="fashion-mnist", subset=9600, epochs=11, warmup_epochs=5,
+                          batch_size=64, lr=0.1, arch_lr=1e-2, out=os.path.join("runs", "laptop"))}
+RETRAIN_PRESETS = {"laptop": ["--epochs", "5", "--batch-size", "128", "--lr", "0.1", "--subset", "24000"]}
 IMAGENET_COMMAND = "python search.py --space mbv2 --data /path/to/imagenet --gpus 4"
 # cost units of log_tau(cost) in Eq. 8: latency in ms (tau = 15), FLOPs in millions (tau = 3500)
 UNITS = {"flops": 1e6, "latency_ms": 1.0}
@@ -53,27 +56,30 @@ CHECKPOINT = "checkpoint.pt"
 # Dropping-path sampling and the rebias (supplement A.3)
 
 def sample_candidates(net, k, generator):
-    """{slot: k candidate indices drawn without replacement from softmax(alpha)} for every mixed layer.
-    The generator is seeded identically on every rank, so all ranks sample the same sub-network."""
+    """{slot: k candidate indices drawn without replacement from w = softmax(alpha / T)} for every
+    mixed layer (A.3: "according to the architecture weight distribution"). The generator is seeded
+    identically on every rank, so all ranks sample the same sub-network."""
     samples = {}
     for layer in net.layers:
-        probs = F.softmax(layer.alpha.detach().float().cpu(), 0)
-        m = min(k, len(probs))
-        samples[layer.slot] = torch.multinomial(probs, m, replacement=False, generator=generator).tolist()
+        probs = layer.weights().detach().float().cpu()
+        samples[layer.slot] = torch.multinomial(probs, min(k, len(probs)), replacement=False,
+                                                generator=generator).tolist()
     return samples
 
 
-def rebias(alphas, old, samples):
-    """Eq. 10: bias_s = ln(sum_s exp(alpha_old) / sum_s exp(alpha_new)) is added to the updated
-    sampled alphas, so the softmax weight of every unsampled candidate is unchanged. Adam's
-    momentum and weight decay would also move the unsampled alphas; we hold those fixed."""
+def rebias(alphas, old, samples, temperature=1.0):
+    """Eq. 10: bias_s = T ln(sum_s exp(alpha_old / T) / sum_s exp(alpha_new / T)) is added to the
+    updated sampled alphas, so w = softmax(alpha / T) of every unsampled candidate is unchanged (the
+    supplement writes T = 1; the T keeps that true with a temperature). Adam's momentum and weight
+    decay would also move the unsampled alphas; we hold those fixed."""
+    t = temperature
     with torch.no_grad():
         for slot, (a, a_old) in enumerate(zip(alphas, old)):
             s = torch.tensor(samples[slot], device=a.device)
             keep = torch.ones_like(a, dtype=torch.bool)
             keep[s] = False
             a[keep] = a_old[keep]
-            a[s] += torch.logsumexp(a_old[s], 0) - torch.logsumexp(a[s], 0)
+            a[s] += t * (torch.logsumexp(a_old[s] / t, 0) - torch.logsumexp(a[s] / t, 0))
 
 
 def set_trainable(params, flag):
@@ -81,11 +87,58 @@ def set_trainable(params, flag):
         p.requires_grad_(flag)
 
 
+class Objective:
+    """Eq. 8: L = CE + lambda * log_tau(cost). The cost is the chained estimate (Eq. 5-7, or the
+    local one of Eq. 9) in the unit tau is given in (ms, or millions of FLOPs)."""
+
+    def __init__(self, cost_model, lam, tau, unit=1.0, estimator="chained", label_smoothing=0.0):
+        self.cost_model, self.lam, self.tau, self.unit, self.estimator = cost_model, lam, tau, unit, estimator
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def cost(self, net, samples=None):
+        """The estimated cost of the super network; with samples, each layer priced over its sampled candidates."""
+        return self.cost_model(net.alphas(), net.path_probs(), self.estimator, samples) / self.unit
+
+    def __call__(self, logits, y, net, samples):
+        cost = self.cost(net, samples)
+        return self.criterion(logits.float(), y) + self.lam * torch.log(cost) / math.log(self.tau), cost
+
+
+def weight_step(net, opt, criterion, x, y, samples, autocast=contextlib.nullcontext()):
+    """One step on the operation weights (stage 1, and the weight half of stage 2): the sub-network
+    of one sampled candidate per layer (dropping-path), cross-entropy, SGD. alpha and beta are frozen."""
+    with autocast:
+        logits = net(x, samples)
+    loss = criterion(logits.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    runtime.average_gradients(p for g in opt.param_groups for p in g["params"])
+    opt.step()
+    return logits, loss
+
+
+def arch_step(net, opt, objective, x, y, samples, autocast=contextlib.nullcontext()):
+    """One architecture step (Sec. 3.4, A.3): two sampled candidates per layer mixed by the softmax
+    over them, L of Eq. 8 priced over the same candidates, Adam on alpha and beta, then the rebias
+    of Eq. 10. The operation weights are frozen."""
+    alphas = net.alphas()
+    old = [a.detach().clone() for a in alphas]
+    with autocast:
+        logits = net(x, samples)
+    loss, cost = objective(logits, y, net, samples)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    runtime.average_gradients(net.arch_parameters())
+    opt.step()
+    rebias(alphas, old, samples, net.space.temperature)
+    return logits, loss, cost
+
+
 # ----------------------------------------------------------------------------------------
 # One epoch of each stage
 
 def weight_epoch(ctx, epoch):
-    """Stage-1 step, also the weight half of stage 2: one sampled candidate per layer, SGD."""
+    """Stage 1, and the weight half of stage 2: an epoch of weight_step on the training split."""
     a, net = ctx.args, ctx.net
     loader = make_loader(ctx.data.train, a.batch_size, True, epoch, a.seed, ctx.rank, ctx.world,
                          ctx.workers, ctx.cuda)
@@ -98,14 +151,7 @@ def weight_epoch(ctx, epoch):
         x, y = ctx.to_device(x, y)
         for group in ctx.w_opt.param_groups:
             group["lr"] = runtime.cosine_lr(ctx.global_step, ctx.total_weight_steps, a.lr, a.lr_min)
-        samples = sample_candidates(net, 1, g)
-        with ctx.autocast():
-            logits = net(x, samples)
-            loss = ctx.criterion(logits.float(), y)
-        ctx.w_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        runtime.average_gradients(ctx.weights)
-        ctx.w_opt.step()
+        logits, loss = weight_step(net, ctx.w_opt, ctx.criterion, x, y, sample_candidates(net, 1, g), ctx.autocast())
         runtime.broadcast_buffers(net)
         ctx.after_step()
         ctx.global_step += 1
@@ -114,31 +160,19 @@ def weight_epoch(ctx, epoch):
 
 
 def arch_epoch(ctx, epoch):
-    """Stage-2 architecture step on the validation split: two sampled candidates per layer,
-    L = CE + lambda * log_tau(cost) (Eq. 8), Adam on alpha and beta, then the rebias (Eq. 10)."""
+    """Stage 2's architecture half: an epoch of arch_step on the validation split."""
     a, net = ctx.args, ctx.net
     loader = make_loader(ctx.data.val, a.batch_size, True, epoch, a.seed + 1, ctx.rank, ctx.world,
                          ctx.workers, ctx.cuda)
     g = torch.Generator().manual_seed(a.seed * 1000 + epoch + 500)
-    alphas, arch = net.alphas(), net.arch_parameters()
     set_trainable(ctx.weights, False)  # no weight gradients are needed for this step
-    set_trainable(arch, True)
+    set_trainable(net.arch_parameters(), True)
     net.train()
     bar = ctx.progress(f"[epoch {epoch + 1}/{a.epochs} arch]", len(loader), epoch)
     for x, y in loader:
         x, y = ctx.to_device(x, y)
-        samples = sample_candidates(net, 2, g)
-        old = [al.detach().clone() for al in alphas]
-        with ctx.autocast():
-            logits = net(x, samples)
-        ce = ctx.criterion(logits.float(), y)
-        cost = ctx.cost_model(alphas, net.path_probs(), a.estimator) / ctx.unit
-        loss = ce + a.lam * torch.log(cost) / math.log(a.tau)  # Eq. 8
-        ctx.a_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        runtime.average_gradients(arch)
-        ctx.a_opt.step()
-        rebias(alphas, old, samples)
+        logits, loss, cost = arch_step(net, ctx.a_opt, ctx.objective, x, y, sample_candidates(net, 2, g),
+                                       ctx.autocast())
         runtime.broadcast_buffers(net)
         ctx.after_step()
         bar.update(loss=loss.item(), acc=(logits.argmax(1) == y).float().mean().item() * 100, cost=cost.item())
@@ -146,29 +180,36 @@ def arch_epoch(ctx, epoch):
 
 
 def evaluate(ctx):
-    """Accuracy of the super network on the validation split with every layer at its argmax
-    candidate and paths weighted by p. BN normalises with batch statistics (momentum 0, so the
-    running statistics are left as they are), as is usual for weight-sharing super networks."""
+    """Validation accuracy (%) of the super network read at its current decision, two ways, both on
+    the shared weights: `val_acc` with every layer at its argmax candidate and every path weighted by
+    p (Eq. 4), and `derived_val_acc` for the derived network alone (argmax alpha, only the blocks of
+    the Viterbi path, Sec. 3.4). The second is lower while p is not one-hot: Eq. 4 normalises p over a
+    block's outgoing paths, so a block on the path also takes input from blocks off it, which the
+    derived network lacks; the paper retrains the derived network for this reason. BN normalises with
+    batch statistics (momentum 0, so the running statistics are left as they are)."""
     net = ctx.net
+    path = derive_supernet(net)["path"]
     samples = {layer.slot: [int(layer.alpha.argmax())] for layer in net.layers}
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.momentum = 0.0
     net.train()
-    correct = total = 0
+    correct = [0, 0]
+    total = 0
     loader = make_loader(ctx.data.val, ctx.args.batch_size, False, 0, ctx.args.seed, ctx.rank, ctx.world,
                          ctx.workers, ctx.cuda, drop_last=False)
     with torch.no_grad():
         for x, y in loader:
             x, y = ctx.to_device(x, y)
             with ctx.autocast():
-                correct += (net(x, samples).argmax(1) == y).sum().item()
+                for k, p in enumerate((None, path)):
+                    correct[k] += (net(x, samples, p).argmax(1) == y).sum().item()
             total += len(y)
     for m, mom in zip(bns, momenta):
         m.momentum = mom
-    correct, total = runtime.all_reduce_sum([correct, total], ctx.device)
-    return 100.0 * correct / max(total, 1)
+    *correct, total = runtime.all_reduce_sum(correct + [total], ctx.device)
+    return {"val_acc": 100.0 * correct[0] / max(total, 1), "derived_val_acc": 100.0 * correct[1] / max(total, 1)}
 
 
 # ----------------------------------------------------------------------------------------
@@ -188,11 +229,11 @@ class Context:
                                args.connect)
         self.table = resolve_table(args, self.space)
         self.unit = UNITS.get(self.table["metric"], 1.0)
-        self.cost_model = CostModel(self.space, self.table)
+        self.objective = Objective(CostModel(self.space, self.table), args.lam, args.tau, self.unit, args.estimator,
+                                   args.label_smoothing)
         torch.manual_seed(args.seed)
-        self.net = SuperNet(self.space).to(device)
-        if self.cuda:
-            self.net = self.net.to(memory_format=torch.channels_last)
+        # channels-last on every device: oneDNN's CPU kernels and cuDNN's both run faster in it
+        self.net = SuperNet(self.space).to(device, memory_format=torch.channels_last)
         self.weights = self.net.weight_parameters()
         self.w_opt = torch.optim.SGD(self.weights, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=args.arch_lr, betas=tuple(args.arch_betas),
@@ -204,9 +245,7 @@ class Context:
         self.global_step, self.epoch, self.best, self.synced_steps = 0, 0, None, 0
 
     def to_device(self, x, y):
-        x = x.to(self.device, non_blocking=True)
-        if self.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=True)
 
     def after_step(self):
@@ -269,10 +308,10 @@ def search_worker(rank, world, device, args):
     if ctx.epoch == 0:  # the untrained super network's guess, as a baseline for what the search learns
         acc = evaluate(ctx)
         if ctx.main:
-            print(f"untrained super network: val acc {acc:.2f}% (chance {100 / ctx.space.num_classes:.1f}%)",
-                  flush=True)
+            print(f"untrained super network: val acc {acc['val_acc']:.2f}%, derived network alone "
+                  f"{acc['derived_val_acc']:.2f}% (chance {100 / ctx.space.num_classes:.1f}%)", flush=True)
             with open(log_path, "a") as f:
-                f.write(json.dumps({"epoch": 0, "stage": "init", "val_acc": acc}) + "\n")
+                f.write(json.dumps({"epoch": 0, "stage": "init", **acc}) + "\n")
     for epoch in range(ctx.epoch, args.epochs):
         t0 = time.time()
         torch.manual_seed(args.seed * 1000 + epoch)  # everything random in this epoch follows from here
@@ -284,7 +323,7 @@ def search_worker(rank, world, device, args):
         rec["train_loss"], rec["train_acc"] = (v / world for v in runtime.all_reduce_sum(
             [rec["train_loss"], rec["train_acc"]], device))
         if epoch + 1 >= args.eval_from:
-            rec["val_acc"] = evaluate(ctx)
+            rec |= evaluate(ctx)
         ctx.epoch = epoch + 1
         if ctx.main:
             end_of_epoch(ctx, rec, time.time() - t0, log_path)
@@ -309,25 +348,33 @@ def keep_log_before(path, last, key="epoch"):
 
 
 def end_of_epoch(ctx, rec, seconds, log_path):
+    """Derive the architecture, log the epoch, write arch.json (and arch_warmup.json after the last
+    weights-only epoch, to show what the architecture steps changed)."""
     net, a = ctx.net, ctx.args
     arch = derive_supernet(net)
+    p = net.path_probs().detach()
     with torch.no_grad():
-        est = ctx.cost_model(net.alphas(), net.path_probs(), a.estimator).item()
+        est = ctx.objective.cost(net).item() * ctx.unit
+        weights = [layer.weights().cpu() for layer in net.layers]
     rec |= {"est_cost": est, "arch_cost": arch_cost(arch, ctx.table), "metric": ctx.table["metric"],
-            "path": arch["path"], "widths": [b["out"] for b in arch["blocks"]], "seconds": seconds}
+            "path": arch["path"], "widths": [b["out"] for b in arch["blocks"]],
+            **decisiveness(ctx.space, weights, p.cpu(), arch["path"]), "seconds": seconds}
     save_json_atomic(arch, os.path.join(a.out, "arch.json"))
-    save_arch_params(ctx.space, net.alphas(), net.path_probs().detach(), os.path.join(a.out, "arch_params.json"))
+    if rec["epoch"] == a.warmup_epochs:
+        save_json_atomic(arch, os.path.join(a.out, "arch_warmup.json"))
+    save_arch_params(ctx.space, net.alphas(), p, os.path.join(a.out, "arch_params.json"))
     if "val_acc" in rec and (ctx.best is None or rec["val_acc"] > ctx.best["val_acc"]):
         ctx.best = {"epoch": rec["epoch"], "val_acc": rec["val_acc"]}
         save_json_atomic(arch, os.path.join(a.out, "arch_best.json"))
     with open(log_path, "a") as f:
         f.write(json.dumps(rec) + "\n")
     u = ctx.unit
-    val = f" val acc {rec['val_acc']:.2f}%" if "val_acc" in rec else ""
-    print(f"epoch {rec['epoch']}/{a.epochs} ({rec['stage']}) {runtime.fmt_time(seconds)}: train loss {rec['train_loss']:.3f} "
-          f"acc {rec['train_acc']:.2f}%{val}; estimated cost {est / u:.3f}, derived arch cost "
-          f"{rec['arch_cost'] / u:.3f} ({ctx.table['metric']}{'/1e6' if u != 1 else ''}); "
-          f"widths {rec['widths']}", flush=True)
+    val = (f" val acc {rec['val_acc']:.2f}% (derived network alone {rec['derived_val_acc']:.2f}%);"
+           if "val_acc" in rec else "")
+    print(f"epoch {rec['epoch']}/{a.epochs} ({rec['stage']}) {runtime.fmt_time(seconds)}: train loss "
+          f"{rec['train_loss']:.3f} acc {rec['train_acc']:.2f}%;{val} p on path {rec['p_path']:.2f}, "
+          f"w chosen {rec['w_chosen']:.2f}; estimated cost {est / u:.3f}, derived {rec['arch_cost'] / u:.3f} "
+          f"({ctx.table['metric']}{'/1e6' if u != 1 else ''}); widths {rec['widths']}", flush=True)
 
 
 def finish(a):
@@ -418,9 +465,7 @@ def random_search_worker(rank, world, device, args):
         arch, alphas, p, flops = draws[k]
         t0 = time.time()
         torch.manual_seed(args.seed * 1000 + k)
-        net = ArchNet(arch).to(device)
-        if cuda:
-            net = net.to(memory_format=torch.channels_last)
+        net = ArchNet(arch).to(device, memory_format=torch.channels_last)
         opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
         step, total = 0, args.epochs * steps
         for epoch in range(args.epochs):
@@ -601,6 +646,31 @@ def main(argv=None):
         walkthrough_end(args)
 
 
+def read_log(out):
+    with open(os.path.join(out, "search_log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def search_evidence(out):
+    """What shows that a finished search learned, read from its folder: the untrained guess and the
+    derived network's accuracy on the shared weights (validation split), how firmly alpha and beta
+    decided (p on the path, w of the chosen candidates), and the architecture derived after the last
+    weights-only epoch beside the final one."""
+    log = read_log(out)
+    last = log[-1]
+    ev = {"untrained_val_acc": next((r["val_acc"] for r in log if r["stage"] == "init"), None),
+          "supernet_val_acc": last.get("val_acc"), "derived_val_acc": last.get("derived_val_acc"),
+          "p_path": last["p_path"], "w_chosen": last["w_chosen"],
+          "path": last["path"], "widths": last["widths"], "arch_cost": last["arch_cost"], "metric": last["metric"]}
+    warm = [r for r in log if r["stage"] == "warmup"]
+    if warm:
+        with open(os.path.join(out, "arch_warmup.json")) as f, open(os.path.join(out, "arch.json")) as g:
+            before, after = json.load(f), json.load(g)
+        ev |= {"warmup_path": warm[-1]["path"], "warmup_widths": warm[-1]["widths"],
+               "warmup_arch_cost": warm[-1]["arch_cost"], "changed_since_warmup": before != after}
+    return ev
+
+
 def walkthrough_end(args):
     """--preset: retrain the derived network, evaluate it on the test set, and sum up."""
     import retrain
@@ -611,19 +681,31 @@ def walkthrough_end(args):
                   "--log-every", str(args.log_every)] + RETRAIN_PRESETS[args.preset] + resume)
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
-    with open(os.path.join(args.out, "search_log.jsonl")) as f:
-        log = [json.loads(line) for line in f]
-    untrained = next((r["val_acc"] for r in log if r["stage"] == "init"), None)
     with open(arch_path) as f:
         arch = json.load(f)
-    print(f"\n== summary ==")
-    searched = sum(r.get("seconds", 0.0) for r in log)  # summed from the log, so a resumed run counts in full
+    searched = sum(r.get("seconds", 0.0) for r in read_log(args.out))  # from the log: a resumed run counts in full
+    summary = {"seconds_search": searched, "seconds_retrain": report["wall_s"], "test_top1": report["top1"],
+               "flops": report["flops"], "params": report["params"]}
+    print("\n== summary ==")
     print(f"search: {searched / 60:.1f} min; retrain + test: {report['wall_s'] / 60:.1f} min")
+    if not args.random:
+        ev = search_evidence(args.out)
+        summary |= ev
+        mm = 1e6 if ev["metric"] == "flops" else 1.0
+        print(f"super network at its decision (argmax alpha, paths weighted by p): {ev['supernet_val_acc']:.2f}% on "
+              f"the validation split (untrained: {ev['untrained_val_acc']:.2f}%, chance 10%); the derived network "
+              f"alone on the shared weights: {ev['derived_val_acc']:.2f}%")
+        print(f"decisions: p along the path {ev['p_path']:.2f} where a block has a choice, w of the chosen "
+              f"candidates {ev['w_chosen']:.2f} (uniform: 0.33-0.5)")
+        if "changed_since_warmup" in ev:
+            print(f"after warm-up (before any architecture step) the derived network was path {ev['warmup_path']}, "
+                  f"{ev['warmup_arch_cost'] / mm:.2f}; the search "
+                  + ("changed it" if ev["changed_since_warmup"] else "did NOT change it"))
     print(f"derived widths {[b['out'] for b in arch['blocks']]} (path {arch['path']}); "
           f"{report['flops'] / 1e6:.2f}M FLOPs, {report['params'] / 1e6:.3f}M params")
-    baseline = "" if untrained is None else f", untrained super network {untrained:.2f}% (validation split)"
-    print(f"test accuracy ({args.data}, its evaluation set): top-1 {report['top1']:.2f}%; chance 10%{baseline}")
-    print(f"outputs: {args.out}/ (arch.json, arch.svg, supernet.svg, search_log.jsonl, retrain/report.json)")
+    print(f"retrained from scratch, test accuracy ({args.data}, its evaluation set): top-1 {report['top1']:.2f}%")
+    save_json_atomic(summary, os.path.join(args.out, "summary.json"))
+    print(f"outputs: {args.out}/ (summary.json, arch.json, arch.svg, supernet.svg, search_log.jsonl, retrain/)")
     command = IMAGENET_COMMAND + (" --random 15 --epochs 5 --target-flops 361M" if args.random else "")
     print(f"the same search on ImageNet with 4 GPUs:  {command}")
 

@@ -21,7 +21,7 @@ from cost import arch_cost, flops_table, save_json_atomic
 from retrain import profile
 import search
 from search import rebias, sample_candidates
-from supernet import get_space, run_cli
+from supernet import BasicLayer, get_space, run_cli
 
 TOY = ["search.py", "--space", "toy", "--data", "fake", "--subset", "64", "--batch-size", "32",
        "--input-size", "16", "--log-every", "100"]
@@ -54,13 +54,14 @@ def snapshot(folder):
 @given(st.integers(2, 8).flatmap(lambda k: st.tuples(
     st.lists(st.floats(-5, 5), min_size=k, max_size=k),
     st.lists(st.floats(-5, 5), min_size=k, max_size=k),
-    st.lists(st.integers(0, k - 1), min_size=2, max_size=2, unique=True))))
-def test_rebias_keeps_unsampled_softmax_weights(case):
-    """Eq. 10 (supplement A.3): after an update of any size, the rebias leaves every unsampled weight as it was."""
+    st.lists(st.integers(0, k - 1), min_size=2, max_size=2, unique=True))), st.sampled_from([1.0, 0.9, 0.5, 2.0]))
+def test_rebias_keeps_unsampled_softmax_weights(case, t):
+    """Eq. 10 (supplement A.3): after an update of any size, the rebias leaves every unsampled weight
+    w = softmax(alpha / T) as it was, at any temperature T."""
     old, new, sample = case
     old, alpha = torch.tensor(old, dtype=torch.float64), torch.tensor(new, dtype=torch.float64)
-    rebias([alpha], [old], {0: sample})
-    w_old, w_new = F.softmax(old, 0), F.softmax(alpha, 0)
+    rebias([alpha], [old], {0: sample}, t)
+    w_old, w_new = F.softmax(old / t, 0), F.softmax(alpha / t, 0)
     unsampled = [k for k in range(len(old)) if k not in sample]
     assert torch.allclose(w_new[unsampled], w_old[unsampled], rtol=1e-9, atol=1e-12)
     assert torch.isclose(w_new[sample].sum(), w_old[sample].sum(), rtol=1e-9)
@@ -70,15 +71,19 @@ def test_rebias_keeps_unsampled_softmax_weights(case):
 
 
 def test_sampling_follows_softmax_alpha():
-    """Dropping-path (A.3): one candidate per layer is drawn with probability softmax(alpha)."""
-    alpha = torch.tensor([1.0, 0.0, -1.0, 2.0, 0.5])
-    net = SimpleNamespace(layers=[SimpleNamespace(alpha=alpha, slot=0)])
+    """Dropping-path (A.3): one candidate per layer is drawn with probability w = softmax(alpha / T)
+    (here T = 0.9, the ResNet search's temperature)."""
+    layer = BasicLayer(["skip"] * 5, 4, 4, 1, 8, temperature=0.9)
+    layer.slot = 0
+    with torch.no_grad():
+        layer.alpha.copy_(torch.tensor([1.0, 0.0, -1.0, 2.0, 0.5]))
+    net = SimpleNamespace(layers=[layer])
     g = torch.Generator().manual_seed(0)
     draws = 20000
     counts = torch.zeros(5)
     for _ in range(draws):
         counts[sample_candidates(net, 1, g)[0][0]] += 1
-    p = F.softmax(alpha, 0)
+    p = F.softmax(layer.alpha.detach() / 0.9, 0)
     assert torch.all((counts / draws - p).abs() < 4 * torch.sqrt(p * (1 - p) / draws) + 1e-3)
     two = sample_candidates(net, 2, g)[0]
     assert len(set(two)) == 2  # two different candidates, without replacement
