@@ -7,6 +7,8 @@ so it lives here; `python viterbi.py --arch FILE --svg OUT.svg` and `--run FOLDE
 - supernet_svg: the routing blocks of the super network by stage and resolution, every
   connection drawn with a stroke proportional to its path probability p_ij (Eq. 3), and the
   Viterbi path (Algorithm 1) highlighted.
+- scatter_svg: points of several named series against two axes (table1.py: test accuracy
+  against FLOPs of searched and random networks), with a legend.
 Every block, layer and edge element carries an id (block-J, layer-K, edge-I-J) so tests can find it.
 """
 import math
@@ -107,6 +109,37 @@ def supernet_svg(space, p, path, title=None):
                 f'<text x="{left}" y="32" font-size="12" fill="#c00">red: the Viterbi path '
                 f'{" - ".join(map(str, path))}</text>')
     return _svg(left + dx * space.n + 60, top + dy * len(levels) + 10, body)
+
+
+def scatter_svg(series, xlabel, ylabel, title):
+    """series: {name: (colour, [(x, y), ...])}; every point is a circle with id point-NAME-K."""
+    pts = [pt for _, ps in series.values() for pt in ps]
+    (x0, x1), (y0, y1) = ((min(v), max(v)) for v in zip(*pts))
+    pad_x, pad_y = 0.08 * (x1 - x0 or abs(x0) or 1), 0.08 * (y1 - y0 or abs(y0) or 1)
+    x0, x1, y0, y1 = x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y
+    left, top, w, h = 70, 40, 480, 300
+
+    def px(x, y):
+        return left + w * (x - x0) / (x1 - x0), top + h * (1 - (y - y0) / (y1 - y0))
+
+    body = [f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#333"/>',
+            f'<text x="{left + w / 2}" y="{top + h + 36}" text-anchor="middle">{escape(xlabel)}</text>',
+            f'<text x="18" y="{top + h / 2}" text-anchor="middle" transform="rotate(-90 18 {top + h / 2})">'
+            f'{escape(ylabel)}</text>', f'<text x="{left}" y="22" font-size="13">{escape(title)}</text>']
+    for t in range(5):  # tick labels at five even steps of each axis
+        xv, yv = x0 + (x1 - x0) * t / 4, y0 + (y1 - y0) * t / 4
+        (tx, _), (_, ty) = px(xv, y0), px(x0, yv)
+        body.append(f'<text x="{tx:.1f}" y="{top + h + 16}" text-anchor="middle">{xv:.3g}</text>'
+                    f'<text x="{left - 6}" y="{ty + 4:.1f}" text-anchor="end">{yv:.3g}</text>')
+    for k, (name, (colour, ps)) in enumerate(series.items()):
+        for n, (x, y) in enumerate(ps):
+            cx, cy = px(x, y)
+            body.append(f'<circle id="point-{escape(name)}-{n}" cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{colour}" '
+                        f'fill-opacity="0.8" stroke="#333" stroke-width="0.5"><title>{escape(name)}: '
+                        f'{x:.4g}, {y:.4g}</title></circle>')
+        body.append(f'<circle cx="{left + w + 20}" cy="{top + 10 + 20 * k}" r="5" fill="{colour}"/>'
+                    f'<text x="{left + w + 30}" y="{top + 14 + 20 * k}">{escape(name)}</text>')
+    return _svg(left + w + 120, top + h + 50, body)
 
 
 def main():

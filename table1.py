@@ -1,0 +1,119 @@
+"""Table 1 at laptop scale: DenseNAS against random search at equal cost (Sec. 4.2, Table 1).
+
+For every search seed, the laptop walkthrough (search.py --preset laptop --seed S) searches the
+`mini` space on Fashion-MNIST and retrains its derived network; then --random R architectures are
+drawn uniformly from the same space (a random path, a random candidate per layer) within 5% of
+that network's FLOPs, and each is retrained with the same recipe and seed and tested on the same
+10k test images. The report gives test top-1 as mean +- std over the searched and over the random
+networks, every run in table1.json, and table1.svg (test accuracy against FLOPs).
+
+This is a study that drives search.py and retrain.py, not part of the method; it has a file of
+its own so that search.py reads as the paper's search. Every run lives in its own folder under
+OUT and is resumable, so an interrupted study continues where it stopped when run again.
+
+    python table1.py --seeds 0 1 2 --random 3 [--out runs/table1]
+"""
+import json
+import os
+import statistics
+import time
+
+import torch
+
+import retrain
+import runtime
+import search
+from cost import flops_table, save_json_atomic
+from draw import scatter_svg
+from supernet import ArgumentParser, UsageError, get_space, run_cli
+from viterbi import load_arch, write_text
+
+PRESET = "laptop"
+
+
+def run_search(seed, out, log_every):
+    """The laptop walkthrough for one seed (search, retrain, test); its summary.json, resuming if cut off."""
+    folder = os.path.join(out, f"search-seed{seed}")
+    summary = os.path.join(folder, "summary.json")
+    if not os.path.exists(summary):
+        resume = ["--resume"] if os.path.exists(os.path.join(folder, search.CHECKPOINT)) else []
+        search.main(["--preset", PRESET, "--seed", str(seed), "--out", folder, "--log-every", str(log_every)] + resume)
+    with open(summary) as f:
+        return folder, json.load(f)
+
+
+def run_random(seed, k, arch, out, log_every):
+    """Retrain random architecture k of a seed with the walkthrough's recipe; its report.json."""
+    folder = os.path.join(out, f"random-seed{seed}-{k}")
+    report = os.path.join(folder, "retrain", "report.json")
+    if not os.path.exists(report):
+        os.makedirs(folder, exist_ok=True)
+        arch_path = os.path.join(folder, "arch.json")
+        save_json_atomic(arch, arch_path)
+        resume = ["--resume"] if os.path.exists(os.path.join(folder, "retrain", "checkpoint.pt")) else []
+        print(f"\n== seed {seed}: retraining random architecture {k + 1} ({arch_path}) ==", flush=True)
+        retrain.main(["--arch", arch_path, "--data", search.PRESETS[PRESET]["data"], "--out", os.path.join(folder, "retrain"),
+                      "--seed", str(seed), "--log-every", str(log_every)] + search.RETRAIN_PRESETS[PRESET] + resume)
+    with open(report) as f:
+        return json.load(f)
+
+
+def mean_std(values):
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def main(argv=None):
+    ap = ArgumentParser(__doc__)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search seeds (default 0 1 2)")
+    ap.add_argument("--random", type=int, default=3, metavar="R",
+                    help="random architectures per seed, within 5%% of the searched one's FLOPs (default 3)")
+    ap.add_argument("--out", default=os.path.join("runs", "table1"), help="output folder (default runs/table1)")
+    ap.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines (default 30)")
+    args = ap.parse_args(argv)
+    if args.random < 1 or any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
+        raise UsageError("need --random R >= 1 and distinct seeds >= 0")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file, not a folder")
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.time()
+    rows = []
+    for seed in args.seeds:
+        folder, summary = run_search(seed, args.out, args.log_every)
+        arch = load_arch(os.path.join(folder, "arch.json"))
+        rows.append({"kind": "searched", "seed": seed, "folder": folder, "flops": summary["flops"],
+                     "params": summary["params"], "test_top1": summary["test_top1"],
+                     "supernet_val_acc": summary.get("supernet_val_acc"), "path": arch["path"]})
+        space = get_space(arch["space"], arch["input_size"], arch["in_channels"], arch["num_classes"])
+        # the same draws on every run of the study: the seed picks them
+        draws = search.draw_in_window(space, flops_table(space), args.random, summary["flops"],
+                                      torch.Generator().manual_seed(seed))
+        for k, (rarch, _, _, flops) in enumerate(draws):
+            report = run_random(seed, k, rarch, args.out, args.log_every)
+            rows.append({"kind": "random", "seed": seed, "folder": os.path.join(args.out, f"random-seed{seed}-{k}"),
+                         "flops": report["flops"], "params": report["params"], "test_top1": report["top1"],
+                         "path": rarch["path"]})
+    result = {"preset": PRESET, "seeds": args.seeds, "random_per_seed": args.random, "runs": rows}
+    for kind in ("searched", "random"):
+        accs = [r["test_top1"] for r in rows if r["kind"] == kind]
+        m, s = mean_std(accs)
+        result[kind] = {"count": len(accs), "mean": m, "std": s}
+    result["wall_s_this_invocation"] = time.time() - t0
+    save_json_atomic(result, os.path.join(args.out, "table1.json"))
+    series = {kind: (colour, [(r["flops"] / 1e6, r["test_top1"]) for r in rows if r["kind"] == kind])
+              for kind, colour in (("random", "#9e9e9e"), ("searched", "#d62728"))}
+    write_text(scatter_svg(series, "FLOPs (millions)", "test top-1 (%)",
+                           "Table 1 at laptop scale: searched vs random at equal FLOPs"),
+               os.path.join(args.out, "table1.svg"))
+    print(f"\n== Table 1 at laptop scale ({len(args.seeds)} seeds, {args.random} random networks each) ==")
+    print(f"{'':<10} {'count':>5} {'test top-1 (%)':>18}")
+    for kind in ("searched", "random"):
+        r = result[kind]
+        print(f"{kind:<10} {r['count']:5d} {r['mean']:10.2f} +- {r['std']:.2f}")
+    for r in rows:
+        print(f"  {r['kind']:<8} seed {r['seed']} {r['flops'] / 1e6:6.2f}M FLOPs {r['test_top1']:6.2f}%  path {r['path']}")
+    print(f"this run took {runtime.fmt_time(result['wall_s_this_invocation'])}; "
+          f"outputs: {os.path.join(args.out, 'table1.json')}, {os.path.join(args.out, 'table1.svg')}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
