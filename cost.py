@@ -22,7 +22,7 @@ from supernet import ArgumentParser, SPACES, UsageError, get_space, make_op, pat
 
 
 # ----------------------------------------------------------------------------------------
-# FLOPs: multiply-accumulates of Conv2d and Linear layers (SPEC.md, "Cost conventions")
+# FLOPs: multiply-accumulates of Conv2d and Linear layers (the paper's convention: MobileNetV2 1.0 is 300M)
 
 def count_flops(model, input_shape, device=None):
     """MACs of one image through `model`; input_shape is (C, H, W). Runs one forward pass."""
@@ -143,7 +143,7 @@ def chained_cost(cost_b, cost_align, p):
     """Eq. 6-7: c~_n = cost_b^n;  c~_i = cost_b^i + sum_j p_ij (cost_align^ij + c~_j);  cost = c~_0.
 
     Eq. 6 as printed has cost_b^j where the recursion needs the chained c~_j; we follow the maths
-    (SPEC.md). Since sum_j p_ij = 1, c~_0 is the expected cost of a path drawn from the Markov
+    ("with a recursion mechanism", Eq. 7). Since sum_j p_ij = 1, c~_0 is the expected cost of a path drawn from the Markov
     chain p. cost_b: block costs indexed 0..n; cost_align, p: dicts keyed by (i, j).
     Floats give a float; tensors give a differentiable 0-d tensor.
     """

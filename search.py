@@ -29,7 +29,7 @@ from data import load_data, make_loader
 from supernet import ArgumentParser, SPACES, SuperNet, UsageError, get_space, run_cli
 from viterbi import arch_text, decisiveness, derive, derive_supernet, draw_run, save_arch_params
 
-# The paper's settings (supplement A.1, A.4; SPEC.md "Search procedure"); toy is ours, for tests.
+# The paper's settings (supplement A.1, A.4; Sec. 4.1 for lambda and tau; arXiv v1 for label smoothing); toy is ours, for tests.
 PAPER = dict(lr=0.2, lr_min=1e-4, momentum=0.9, weight_decay=4e-5, label_smoothing=0.1,
              arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3)
 DEFAULTS = {

@@ -2,7 +2,8 @@
 
 Read top to bottom: candidate operations, the BasicLayer (Eq. 1-2), the RoutingBlock
 (Eq. 4), the dense SuperNet with its path probabilities (Eq. 3), and the search spaces
-(`mbv2`, `resnet` as SPEC.md gives them; `mini` for the laptop walkthrough, `toy` for tests).
+(`mbv2`, `resnet` as Sec. 4.1 and the supplement's A.4 and Table 6 give them; `mini` for the laptop
+walkthrough, `toy` for tests).
 
     python supernet.py --space mbv2 --describe [--input-size N] [--num-classes K] [--connect M]
 """
@@ -46,7 +47,7 @@ def run_cli(main):
 
 
 # ----------------------------------------------------------------------------------------
-# Candidate operations (Sec. 3.1.1; arXiv v1 Table 1; SPEC.md "Candidate operations")
+# Candidate operations (Sec. 3.1.1; arXiv v1 Table 1)
 
 MBCONVS = [f"mbconv_k{k}_e{e}" for k in (3, 5, 7) for e in (3, 6)]
 OPS = MBCONVS + ["mbconv_k3_e1", "skip", "basic_block", "bottleneck"]
@@ -337,7 +338,7 @@ def count_params(params):
 
 
 # ----------------------------------------------------------------------------------------
-# Search spaces (SPEC.md)
+# Search spaces (Sec. 3.1.3, 4.1; supplement A.4, Table 6)
 
 @dataclass(frozen=True)
 class Block:

@@ -24,7 +24,7 @@ def viterbi(p, n):
     """Algorithm 1: the maximum-probability block sequence from B_0 to B_n.
 
     p maps (j, i) to the transition probability from B_j to B_i. Lines 4-5 of Algorithm 1 print
-    P[i-1] * p_ji; the maximum-product path needs P[j] * p_ji (SPEC.md), which we use.
+    P[i-1] * p_ji, a typo: the maximum-product path needs P[j] * p_ji, which we use.
     """
     preds = {i: [] for i in range(n + 1)}
     for j, i in p:

@@ -116,4 +116,4 @@ def test_retrain_profiles_mobilenetv2(results):
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     prof = json.loads(r.stdout.strip().splitlines()[-1])
-    assert prof == {"params": 3_504_872, "flops": 300_774_272}  # torchvision's MobileNetV2 1.0 (SPEC.md)
+    assert prof == {"params": 3_504_872, "flops": 300_774_272}  # torchvision's MobileNetV2 1.0

@@ -1,4 +1,4 @@
-"""Cost tables and cost estimation (Sec. 3.3, Eq. 5-9) and the FLOPs convention of SPEC.md."""
+"""Cost tables and cost estimation (Sec. 3.3, Eq. 5-9) and the paper's FLOPs convention."""
 import json
 import math
 import os
@@ -36,7 +36,7 @@ def path_cost(path, cost_b, cost_align):
 @settings(max_examples=150, deadline=None)
 @given(costed_dags())
 def test_chained_cost_is_expected_path_cost(case):
-    """Eq. 6-7 (corrected, SPEC.md): c~_0 is the expected cost of a path drawn from the Markov chain p."""
+    """Eq. 6-7 (with the chained c~_j in the sum): c~_0 is the expected cost of a path drawn from the Markov chain p."""
     n, p, cost_b, cost_align = case
     expected = sum(path_prob(p, q) * path_cost(q, cost_b, cost_align) for q in all_paths(p, n))
     got = cost.chained_cost(cost_b, cost_align, p)
@@ -226,7 +226,7 @@ def test_chained_estimate_is_exact_for_one_hot(which, seed):
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, 2**32))
 def test_resnet_skip_price(seed):
-    """SPEC.md (ResNet space): a skip layer is priced at one tenth of the first candidate (basic_block)."""
+    """The authors' ResNet search: a skip layer is priced at one tenth of the first candidate (basic_block)."""
     space, table = space_and_table("resnet", 32)
     layer, edge = one_hot_choices(seed, space)
     alphas, p = one_hot_params(space, layer, edge, noise_seed=seed)
@@ -240,23 +240,23 @@ def test_resnet_skip_price(seed):
 
 
 # ----------------------------------------------------------------------------------------
-# FLOPs convention (SPEC.md "Cost conventions")
+# The FLOPs convention: MACs of conv and linear layers
 
 def test_count_flops_torchvision_mobilenet_v2():
-    """SPEC.md: MACs of conv and linear layers; torchvision's MobileNetV2 1.0 counts 300M at 224."""
+    """MACs of conv and linear layers; torchvision's MobileNetV2 1.0 counts 300M at 224."""
     flops = cost.count_flops(torchvision.models.mobilenet_v2(), (3, 224, 224))
     assert abs(flops - 300e6) / 300e6 < 0.01
     assert flops == 300_774_272
 
 
 def test_count_flops_torchvision_resnet18():
-    """SPEC.md: ResNet-18 counts 1.81G MACs at 224."""
+    """ResNet-18 counts 1.81G MACs at 224."""
     flops = cost.count_flops(torchvision.models.resnet18(), (3, 224, 224))
     assert abs(flops - 1.81e9) / 1.81e9 < 0.01
 
 
 def test_mobilenetv2_arch_file_matches_torchvision():
-    """SPEC.md: examples/mobilenetv2.json (MobileNetV2-1.0) profiles as torchvision's model: FLOPs and params."""
+    """examples/mobilenetv2.json (MobileNetV2-1.0) profiles as torchvision's model: FLOPs and params."""
     arch = viterbi.load_arch(os.path.join(ROOT, "examples", "mobilenetv2.json"))
     prof = retrain.profile(arch)
     tv = torchvision.models.mobilenet_v2()
@@ -268,7 +268,7 @@ def test_mobilenetv2_arch_file_matches_torchvision():
 
 
 def test_op_flops_by_hand():
-    """SPEC.md: the table prices an op by MACs; an MBConv k3 e6 16->24 stride 2 at 112 by hand."""
+    """The table prices an op by MACs; an MBConv k3 e6 16->24 stride 2 at 112 by hand."""
     c_in, c_out, hid, r_out = 16, 24, 96, 56
     by_hand = 112 * 112 * c_in * hid + r_out * r_out * hid * 9 + r_out * r_out * hid * c_out
     assert cost.op_flops(supernet.signature("mbconv_k3_e6", c_in, c_out, 2, 112)) == by_hand

@@ -11,7 +11,7 @@ import supernet
 from strategies import spaces
 
 # ----------------------------------------------------------------------------------------
-# SPEC.md's tables, written out: (channels, resolution at 224, stage, basic layers) of B_1 ..
+# The paper's spaces, written out (Sec. 4.1; supplement A.4, Table 6): (channels, resolution at 224, stage, basic layers) of B_1 ..
 
 MBV2_B0 = (16, 112)
 MBV2_SPEC = [
@@ -38,13 +38,13 @@ RESNET_END = (512, 7)
 
 def spec_rows(b0, table, end):
     """(channels, resolution, stage) of B_0 .. B_n. The ending block follows the last stage (stage + 1),
-    so that only the last stage's blocks feed it (SPEC.md: the derived ResNets end in a 512-wide block)."""
+    so that only the last stage's blocks feed it (Table 6: the derived ResNets end in a 512-wide block)."""
     return ([(b0[0], b0[1], 0)] + [(c, r, s) for c, r, s, _ in table]
             + [(end[0], end[1], table[-1][2] + 1)])
 
 
 def spec_edges(rows, M):
-    """C_ij exists when 0 < j - i <= M, H_i / H_j is 1 or 2 and the stage rises by 0 or 1 (Sec. 3.1.3, SPEC.md)."""
+    """C_ij exists when 0 < j - i <= M, H_i / H_j is 1 or 2 and the stage rises by 0 or 1 (Sec. 3.1.3)."""
     return {(i, j) for i in range(len(rows)) for j in range(i + 1, len(rows))
             if j - i <= M and rows[i][1] in (rows[j][1], 2 * rows[j][1]) and rows[j][2] - rows[i][2] in (0, 1)}
 
@@ -62,7 +62,7 @@ def described(run_clis):
 
 
 def test_describe_mbv2_matches_spec(described):
-    """SPEC.md MobileNetV2 space (Sec. 3.1, 4.1): B_0 = 16@112, B_1..B_16 as tabled, ending 1984@7, M = 4."""
+    """The MobileNetV2 space (Sec. 3.1, 4.1): B_0 = 16@112, B_1..B_16 as tabled, ending 1984@7, M = 4."""
     d = described["mbv2"]
     assert set(d) >= {"space", "input_size", "blocks", "edges", "params"}
     assert d["space"] == "mbv2" and d["input_size"] == 224
@@ -78,7 +78,7 @@ def test_describe_mbv2_matches_spec(described):
 
 
 def test_describe_resnet_matches_spec():
-    """SPEC.md ResNet space (supplement, Table 6): B_0 = 32@112, B_1..B_20 as tabled, ending 512@7, M = 10."""
+    """The ResNet space (supplement A.4, Table 6): B_0 = 32@112, B_1..B_20 as tabled, ending 512@7, M = 10."""
     d = supernet.get_space("resnet").describe()
     blocks = d["blocks"]
     assert len(blocks) == 22
@@ -101,8 +101,8 @@ def test_connect_override(described):
 
 
 def test_input_size_scaling():
-    """SPEC.md / Sec. 3.1: at 224 the stem halves the input (112, 56, 28, 14, 7); at 28 it keeps it (28, 14, 7, 4, 2)."""
-    level = {112: 0, 56: 1, 28: 2, 14: 3, 7: 4}  # from SPEC's resolutions at 224
+    """Sec. 3.1: at 224 the stem halves the input (112, 56, 28, 14, 7); at 28 it keeps it (28, 14, 7, 4, 2)."""
+    level = {112: 0, 56: 1, 28: 2, 14: 3, 7: 4}  # from the paper's resolutions at 224
     rows = spec_rows(MBV2_B0, MBV2_SPEC, MBV2_END)
     for size, stride, by_level in ((224, 2, [112, 56, 28, 14, 7]), (28, 1, [28, 14, 7, 4, 2])):
         space = supernet.get_space("mbv2", size)

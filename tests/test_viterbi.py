@@ -11,7 +11,7 @@ from strategies import all_paths, chain_path, markov_dags, one_hot_choices, one_
 
 
 def uncorrected_viterbi(p, n):
-    """Algorithm 1 exactly as printed: P[i] <- max_j P[i-1] * p_ji (the typo SPEC.md corrects)."""
+    """Algorithm 1 exactly as printed: P[i] <- max_j P[i-1] * p_ji (a typo)."""
     P, S = [1.0] + [0.0] * n, [0] * (n + 1)
     for i in range(1, n + 1):
         preds = [j for j, k in p if k == i]
@@ -26,7 +26,7 @@ def uncorrected_viterbi(p, n):
 @settings(max_examples=200, deadline=None)
 @given(markov_dags())
 def test_viterbi_matches_brute_force(dag):
-    """Algorithm 1 (corrected, SPEC.md): the returned path has the maximal product of p over all 0 -> n paths."""
+    """Algorithm 1 (corrected: P[j], not P[i-1]): the returned path has the maximal product of p over all 0 -> n paths."""
     n, p = dag
     path = viterbi.viterbi(p, n)
     assert path[0] == 0 and path[-1] == n
