@@ -9,7 +9,6 @@ layers at batch 1, the paper's convention); latency tables (latency.py) use the 
     python cost.py --space mbv2 --samples 1500 [--seed S] [--csv F]   chained vs local estimation (Fig. 6)
 """
 import json
-import math
 import os
 from collections import defaultdict
 from functools import lru_cache
@@ -143,8 +142,8 @@ def chained_cost(cost_b, cost_align, p):
     """Eq. 6-7: c~_n = cost_b^n;  c~_i = cost_b^i + sum_j p_ij (cost_align^ij + c~_j);  cost = c~_0.
 
     Eq. 6 as printed has cost_b^j where the recursion needs the chained c~_j; we follow the maths
-    ("with a recursion mechanism", Eq. 7). Since sum_j p_ij = 1, c~_0 is the expected cost of a path drawn from the Markov
-    chain p. cost_b: block costs indexed 0..n; cost_align, p: dicts keyed by (i, j).
+    ("with a recursion mechanism", Eq. 7). Since sum_j p_ij = 1, c~_0 is the expected cost of a path drawn from the
+    Markov chain p. cost_b: block costs indexed 0..n; cost_align, p: dicts keyed by (i, j).
     Floats give a float; tensors give a differentiable 0-d tensor.
     """
     n = len(cost_b) - 1
@@ -245,7 +244,7 @@ def arch_cost(arch, table):
 # The estimation experiment (Sec. 4.5, Fig. 6, Table 7)
 
 def random_arch_params(space, generator, scale=1.0):
-    """Random alpha (one vector per mixed layer) and path probabilities p = softmax(beta) (Eq. 3)."""
+    """Random alpha (one vector per mixed layer) and path probabilities p = softmax(beta / T) (Eq. 3)."""
     alphas = [scale * torch.randn(len(s.candidates), generator=generator, dtype=torch.float64) for s in space.slots]
     beta = scale * torch.randn(len(space.edges), generator=generator, dtype=torch.float64)
     return alphas, path_probs(beta, space)

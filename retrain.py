@@ -55,7 +55,7 @@ def evaluate(net, loader, device, autocast):
     top1 = top5 = total = 0
     with torch.no_grad():
         for x, y in loader:
-            x, y = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), y.to(device, non_blocking=True)
+            x, y = runtime.batch_to(device, x, y)
             with autocast:
                 logits = net(x).float()
             k = min(5, logits.shape[1])
@@ -71,7 +71,7 @@ def train_epoch(net, loader, opt, criterion, lr_at, step, device, autocast, bar)
     """One epoch of SGD on a stand-alone network (learning rate lr_at(step) per step); returns the step count."""
     net.train()
     for x, y in loader:
-        x, y = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), y.to(device, non_blocking=True)
+        x, y = runtime.batch_to(device, x, y)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         with autocast:

@@ -150,6 +150,11 @@ def barrier():
         dist.barrier()
 
 
+def batch_to(device, x, y):
+    """A batch onto the device, images in channels-last (oneDNN's and cuDNN's convolutions are faster in it)."""
+    return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), y.to(device, non_blocking=True)
+
+
 def save_atomic(obj, path):
     """torch.save through a temp file and a rename: a crash never leaves half a checkpoint."""
     tmp = f"{path}.tmp{os.getpid()}"

@@ -2,8 +2,8 @@
 
 Read top to bottom: candidate operations, the BasicLayer (Eq. 1-2), the RoutingBlock
 (Eq. 4), the dense SuperNet with its path probabilities (Eq. 3), and the search spaces
-(`mbv2`, `resnet` as Sec. 4.1 and the supplement's A.4 and Table 6 give them; `mini` for the laptop
-walkthrough, `toy` for tests).
+(`mbv2` as Sec. 3.1 and arXiv v1's Sec. 3.1.3 and Fig. 3 give it, `resnet` as the supplement's A.4
+gives it; `mini` for the laptop walkthrough, `toy` for tests).
 
     python supernet.py --space mbv2 --describe [--input-size N] [--num-classes K] [--connect M]
 """
@@ -215,6 +215,8 @@ def start_alike(layer):
     base = min(mb, key=lambda op: (op.body[0].out_channels, op.body[3].kernel_size[0]))
     (e0, d0, p0) = (base.body[i] for i in (0, 3, 6))
     h, k0 = e0.out_channels, d0.kernel_size[0]
+    if any(op.body[3].kernel_size[0] < k0 for op in mb):
+        raise ValueError("start_alike needs a candidate with both the least expansion and the smallest kernel")
     with torch.no_grad():
         for op in mb:
             if op is base:
@@ -306,6 +308,9 @@ class SuperNet(nn.Module):
         then only its blocks run, each fed by its predecessor alone. With path = the Viterbi path
         and samples = argmax alpha this is the derived network (Sec. 3.4) on the shared weights."""
         p = self.path_probs()
+        if path is not None and (path[0] != 0 or path[-1] != self.space.n
+                                 or not set(zip(path, path[1:])) <= set(self.space.edges)):
+            raise ValueError(f"{path} is not a path of connections from B_0 to B_{self.space.n}")
         before = dict(zip(path[1:], path[:-1])) if path is not None else None
         outs = [self.stem(x)]
         for j, (blk, idx) in enumerate(zip(self.blocks, self._in_edges), start=1):
@@ -319,6 +324,10 @@ class SuperNet(nn.Module):
 
     def alphas(self):
         return [layer.alpha for layer in self.layers]
+
+    def argmax_samples(self):
+        """{slot: [argmax alpha]}: every layer at its chosen candidate, as the derived network has it (Sec. 3.4)."""
+        return {layer.slot: [int(layer.alpha.argmax())] for layer in self.layers}
 
     def arch_parameters(self):
         return self.alphas() + [self.beta]

@@ -73,3 +73,18 @@ def test_bench_prints_every_figure(capsys):
         assert r["speedup"] > 0 and r["speedup_of_medians"] > 0 and r["memory"] > 0 and isinstance(r["met"], bool)
     assert isinstance(res["targets_met"], bool)
     assert res["full_supernet_peak_bytes"] > res["weight_super"]["peak_bytes"]  # every candidate holds more
+
+
+def test_timed_reference_copy_computes_what_the_super_network_computes():
+    """The reference that bench.py times (Bench.ref_net: a contiguous copy with stock convolutions and
+    in-place ReLU6) gives the super network's logits for the same sampled candidates."""
+    b = bench.Bench(get_space("toy", 16, 3, 10), torch.device("cpu"), 4)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 3, 16, 16, generator=g)
+    assert all(type(m) is torch.nn.Conv2d for m in b.ref_net.modules() if isinstance(m, torch.nn.Conv2d))
+    for k in (1, 2):
+        samples = sample_candidates(b.net, k, g)
+        with torch.no_grad():
+            want = b.net(x.contiguous(memory_format=torch.channels_last), samples)
+            got = bench.Reference(b.ref_net, samples, grad=False)(x)
+        assert torch.allclose(got, want, atol=1e-5)

@@ -167,12 +167,16 @@ def test_cost_model_prices_the_sampled_candidates(seed, name):
     samples = {k: torch.randperm(len(s.candidates), generator=g)[:2].tolist() for k, s in enumerate(space.slots)}
     cost_b, cost_align, _ = model.terms(alphas, p, samples)
     t = space.temperature
+    want_b = list(model.fixed)
     for k, (slot, a) in enumerate(zip(space.slots, alphas)):
         s = samples[k]
         w = F.softmax(a[s] / t, 0)
         want = sum(float(wi) * model.rows[k][o] for wi, o in zip(w, s))
         if slot.edge:
             assert math.isclose(float(cost_align[slot.edge]), want, rel_tol=1e-9)
+        else:
+            want_b[slot.block] += want
+    assert all(math.isclose(float(x), y, rel_tol=1e-9) for x, y in zip(cost_b, want_b))
     every = {k: list(range(len(s.candidates))) for k, s in enumerate(space.slots)}
     assert math.isclose(float(model(alphas, p, samples=every)), float(model(alphas, p)), rel_tol=1e-12)
     manual = [sum(float(wi) * c for wi, c in zip(F.softmax(a / t, 0), row)) for a, row in zip(alphas, model.rows)]

@@ -2,8 +2,8 @@
 step, and the derived network read from the shared weights is exactly the derived network.
 
 A search that learns nothing (alpha and beta left at their random start, a step that does not reach
-them, a cost or a rebias with the wrong sign) fails every test here: each first checks that the
-architecture derived before the steps is not the answer.
+them, a rebias that undoes the step) fails both planted problems, and a cost with the wrong sign fails
+the first; each first checks that the architecture derived before the steps is not the answer.
 """
 import itertools
 
@@ -123,7 +123,7 @@ def test_derived_network_on_shared_weights_is_the_derived_network():
         for a in net.arch_parameters():
             a.normal_()
     arch = derive_supernet(net)
-    samples = {layer.slot: [int(layer.alpha.argmax())] for layer in net.layers}
+    samples = net.argmax_samples()
     # the super network's modules of the derived network, in the order of viterbi.arch_ops
     chosen = list(net.stem)
     path = arch["path"]

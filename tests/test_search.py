@@ -89,6 +89,42 @@ def test_sampling_follows_softmax_alpha():
     assert len(set(two)) == 2  # two different candidates, without replacement
 
 
+def test_arch_step_at_temperature_mixes_and_rebiases_with_it():
+    """The ResNet search's temperature (T = 0.9) reaches every part of search.arch_step: the sampled
+    layer's forward mixes its two candidates by softmax(alpha[pair] / T), and after the step every
+    unsampled candidate keeps its w = softmax(alpha / T) (Eq. 10 at T) while alpha has moved."""
+    import dataclasses
+    import supernet
+    from cost import CostModel
+    defn = dataclasses.replace(get_space("toy", 16, 3, 10).defn, temperature=0.9)
+    space = supernet.Space(defn, 16, 3, 10)
+    torch.manual_seed(0)
+    net = supernet.SuperNet(space).train()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for a in net.arch_parameters():
+            a.normal_(0, 1, generator=g)
+    samples = sample_candidates(net, 2, g)
+    layer = next(l for l in net.layers if len(l.ops) > 2)
+    x = torch.randn(4, layer.c_in, layer.resolution, layer.resolution)
+    s = samples[layer.slot]
+    with torch.no_grad():
+        w = F.softmax(layer.alpha[s] / 0.9, 0)
+        assert torch.allclose(layer(x, s), sum(wi * layer.ops[o](x) for wi, o in zip(w, s)), atol=1e-5)
+    before = [F.softmax(l.alpha.detach() / 0.9, 0) for l in net.layers]
+    alphas0 = [l.alpha.detach().clone() for l in net.layers]
+    search.set_trainable(net.weight_parameters(), False)
+    opt = torch.optim.Adam(net.arch_parameters(), lr=0.1)
+    objective = search.Objective(CostModel(space, flops_table(space)), 0.15, 15.0, 1e6)
+    search.arch_step(net, opt, objective, torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,)), samples)
+    moved = False
+    for l, w0, a0 in zip(net.layers, before, alphas0):
+        unsampled = [k for k in range(len(l.ops)) if k not in samples[l.slot]]
+        assert torch.allclose(F.softmax(l.alpha.detach() / 0.9, 0)[unsampled], w0[unsampled], atol=1e-6)
+        moved |= not torch.equal(l.alpha.detach(), a0)
+    assert moved
+
+
 def test_toy_search_derives_an_arch_whose_logged_cost_is_exact(tmp_path):
     """Sec. 3.4: 1 warm-up + 1 search epoch; the derived arch builds, profiles, and its logged cost is exact."""
     out = tmp_path / "run"

@@ -11,7 +11,8 @@ import supernet
 from strategies import spaces
 
 # ----------------------------------------------------------------------------------------
-# The paper's spaces, written out (Sec. 4.1; supplement A.4, Table 6): (channels, resolution at 224, stage, basic layers) of B_1 ..
+# The paper's spaces, written out (Sec. 3.1, arXiv v1 Sec. 3.1.3; supplement A.4):
+# (channels, resolution at 224, stage, basic layers) of B_1 ..
 
 MBV2_B0 = (16, 112)
 MBV2_SPEC = [

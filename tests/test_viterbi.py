@@ -26,7 +26,8 @@ def uncorrected_viterbi(p, n):
 @settings(max_examples=200, deadline=None)
 @given(markov_dags())
 def test_viterbi_matches_brute_force(dag):
-    """Algorithm 1 (corrected: P[j], not P[i-1]): the returned path has the maximal product of p over all 0 -> n paths."""
+    """Algorithm 1 (corrected: P[j], not P[i-1]): the returned path has the maximal product of p over
+    all 0 -> n paths."""
     n, p = dag
     path = viterbi.viterbi(p, n)
     assert path[0] == 0 and path[-1] == n
@@ -124,3 +125,21 @@ def test_derive_keeps_layer_and_branch_choices_apart():
     b1 = arch["blocks"][1]  # blocks[0] is B_0's fixed MBConv
     assert (b1["in"], b1["out"]) == (16, 24)
     assert b1["layers"] == ["mbconv_k3_e3", "mbconv_k3_e3"]  # the skip removes the third layer
+
+
+def test_decisiveness_reads_uniform_as_undecided_and_one_hot_as_decided():
+    """The summary's evidence: p along the path over the blocks with a choice, and w of the chosen
+    candidates, are 1/choices at uniform parameters and 1 when alpha and beta are one-hot."""
+    space = supernet.get_space("toy", 16, 3, 10)
+    outs = [b - a for a, b in space.out_slices]
+    p = torch.cat([torch.full((b - a,), 1.0 / (b - a)) for a, b in space.out_slices])
+    path = viterbi.viterbi(dict(zip(space.edges, p.tolist())), space.n)
+    weights = [torch.full((len(s.candidates),), 1.0 / len(s.candidates)) for s in space.slots]
+    got = viterbi.decisiveness(space, weights, p, path)
+    on_path = [1.0 / outs[i] for i in path[:-1] if outs[i] > 1]
+    assert math.isclose(got["p_path"], sum(on_path) / len(on_path), rel_tol=1e-6)
+    chosen = [1.0 / len(w) for w in weights if len(w) > 1]
+    assert math.isclose(got["w_chosen"], sum(chosen) / len(chosen), rel_tol=1e-6)
+    one_hot_p = torch.tensor([1.0 if (i, j) in set(zip(path, path[1:])) else 0.0 for i, j in space.edges])
+    one_hot_w = [torch.eye(len(w))[0] for w in weights]
+    assert viterbi.decisiveness(space, one_hot_w, one_hot_p, path) == {"p_path": 1.0, "w_chosen": 1.0}
