@@ -109,15 +109,37 @@ def load_table(path):
     return t
 
 
+def fit_data_ops(table, space):
+    """Price what depends on the data set, not on the space: the stem's input channels and the classifier's
+    class count. A table measured for other data has the same operation with another such width; its cost,
+    scaled by the FLOPs ratio, prices the missing one (the same for every architecture of the space, so
+    the search is not held up by it). Returns {priced signature: the table's signature it came from}."""
+    stem, classifier = space.fixed_signatures(0)[0], space.fixed_signatures(space.n)[0]
+    costs, priced = table["costs"], {}
+    for sig, keep in ((stem, (0, 2, 3, 4)), (classifier, (0, 1, 3, 4))):  # fields that must agree
+        if sig in costs:
+            continue
+        want = [parse_signature(sig)[i] for i in keep]
+        source = next((s for s in sorted(costs) if s.split("/")[0] == sig.split("/")[0]
+                       and [parse_signature(s)[i] for i in keep] == want), None)
+        if source is not None and op_flops(source) > 0:
+            costs[sig] = costs[source] * op_flops(sig) / op_flops(source)
+            priced[sig] = source
+    return priced
+
+
 def check_table(table, space, name="cost table"):
-    """Refuse a table measured for another space, input size or connection number, or one that lacks an op."""
+    """Refuse a table measured for another space, input size or connection number, or one that lacks an op
+    (after fit_data_ops has priced the stem and classifier of other data); returns fit_data_ops' answer."""
     meta, want = table["meta"], table_meta(space)
     for key in ("space", "input_size", "connect"):
         if meta.get(key) != want[key]:
             raise UsageError(f"{name} was built for {key}={meta.get(key)}, but the search uses {want[key]}")
+    priced = fit_data_ops(table, space)
     missing = [s for s in space_signatures(space) if s not in table["costs"]]
     if missing:
         raise UsageError(f"{name} lacks {len(missing)} operation(s) this space needs, e.g. {missing[0]}")
+    return priced
 
 
 # ----------------------------------------------------------------------------------------

@@ -229,7 +229,7 @@ class Context:
                               split_file=os.path.join(args.out, "split.json"))
         self.space = get_space(args.space, self.data.input_size, self.data.in_channels, self.data.num_classes,
                                args.connect)
-        self.table = resolve_table(args, self.space)
+        self.table = resolve_table(args, self.space, self.main)
         self.unit = UNITS.get(self.table["metric"], 1.0)
         self.objective = Objective(CostModel(self.space, self.table), args.lam, args.tau, self.unit, args.estimator,
                                    args.label_smoothing)
@@ -278,10 +278,12 @@ class Context:
         self.epoch, self.global_step, self.best = ck["epoch"], ck["global_step"], ck["best"]
 
 
-def resolve_table(args, space):
+def resolve_table(args, space, say=True):
     if args.cost == "latency":
         table = load_table(args.lut)
-        check_table(table, space, f"latency table {args.lut}")
+        for sig, source in check_table(table, space, f"latency table {args.lut}").items():
+            if say:
+                print(f"latency table: {sig} (this data set's) priced as {source} x their FLOPs ratio", flush=True)
         return table
     return flops_table(space)
 
@@ -622,7 +624,7 @@ def check_run(args):
     data = load_data(args.data, "search", args.seed, args.input_size, args.subset, args.classes,
                      split_file=None)
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
-    resolve_table(args, space)
+    resolve_table(args, space, say=False)
     if args.random:
         draw_in_window(space, flops_table(space), args.random, args.target_flops, torch.Generator().manual_seed(args.seed))
     if args.resume and os.path.exists(ck_path):

@@ -122,6 +122,24 @@ def test_check_table_accepts_own_space_only(toy, lut):
         cost.check_table(table, supernet.get_space("toy", 32, connect=toy.connect - 1))
 
 
+def test_table_fits_other_data_of_its_space(toy, lut):
+    """A table measured for one data set drives the search on another of the same space and input size:
+    the stem (other input channels) and the classifier (other class count) are priced from the table's
+    own entries scaled by FLOPs; every other cost is the table's."""
+    _, table = lut
+    table = json.loads(json.dumps(table))
+    other = supernet.get_space("toy", 32, 1, 4)
+    stem, classifier = other.fixed_signatures(0)[0], other.fixed_signatures(other.n)[0]
+    assert stem not in table["costs"] and classifier not in table["costs"]
+    priced = cost.check_table(table, other)
+    assert set(priced) == {stem, classifier}
+    for sig, source in priced.items():
+        assert math.isclose(table["costs"][sig], table["costs"][source] * cost.op_flops(sig) / cost.op_flops(source))
+    assert cost.check_table(table, toy) == {}  # its own data: nothing to price
+    with pytest.raises(supernet.UsageError, match="input_size"):
+        cost.check_table(table, supernet.get_space("toy", 28, 1, 4))
+
+
 def test_cost_model_on_latency_table(toy, lut):
     """Eq. 5-7 with the latency table: a finite positive chained estimate for uniform alpha and beta."""
     _, table = lut
