@@ -155,7 +155,6 @@ class Bench:
                 state[w] = {"momentum_buffer": torch.zeros_like(w)}
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=d["arch_lr"], betas=d["arch_betas"],
                                       weight_decay=d["arch_weight_decay"])
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=d["label_smoothing"])
         self.objective = Objective(CostModel(space, flops_table(space)), d["lam"], d["tau"], UNITS["flops"],
                                    label_smoothing=d["label_smoothing"])
         g = torch.Generator().manual_seed(seed)
@@ -171,7 +170,7 @@ class Bench:
             set_trainable(net.arch_parameters(), step == "arch")
 
     def super_weight(self, samples):
-        weight_step(self.net, self.w_opt, self.criterion, self.x_cl, self.y, samples)
+        weight_step(self.net, self.w_opt, self.objective.criterion, self.x_cl, self.y, samples)
 
     def super_arch(self, samples):
         arch_step(self.net, self.a_opt, self.objective, self.x_cl, self.y, samples)
@@ -180,13 +179,13 @@ class Bench:
         """The reference for one sample, and the function that runs its step."""
         ref = Reference(self.ref_net, samples, grad=step == "arch")
         if step == "arch":
-            return ref, lambda: self.criterion(ref(self.x), self.y).backward()
+            return ref, lambda: self.objective.criterion(ref(self.x), self.y).backward()
         g = self.w_opt.param_groups[0]
         opt = torch.optim.SGD(ref.parameters(), lr=g["lr"], momentum=g["momentum"], weight_decay=g["weight_decay"])
         opt.state = self.ref_state  # its own momentum buffers, made up front
 
         def run():
-            loss = self.criterion(ref(self.x), self.y)
+            loss = self.objective.criterion(ref(self.x), self.y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -343,7 +342,7 @@ def main(argv=None):
     # every layer mixed by softmax(alpha) (Eq. 2), forward and backward, against the sampled weight step
     b.freeze("weight")
     b.w_opt.zero_grad(set_to_none=True)
-    full = peak_bytes(lambda: b.criterion(b.net(b.x_cl), b.y).backward(), b.device)
+    full = peak_bytes(lambda: b.objective.criterion(b.net(b.x_cl), b.y).backward(), b.device)
     b.w_opt.zero_grad(set_to_none=True)
     res["full_supernet_peak_bytes"] = full
     res["dropping_path_memory_saving"] = full / max(res["weight_super"]["peak_bytes"], 1)

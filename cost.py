@@ -120,8 +120,7 @@ def fit_data_ops(table, space):
         if sig in costs:
             continue
         want = [parse_signature(sig)[i] for i in keep]
-        source = next((s for s in sorted(costs) if s.split("/")[0] == sig.split("/")[0]
-                       and [parse_signature(s)[i] for i in keep] == want), None)
+        source = next((s for s in sorted(costs) if [parse_signature(s)[i] for i in keep] == want), None)
         if source is not None and op_flops(source) > 0:
             costs[sig] = costs[source] * op_flops(sig) / op_flops(source)
             priced[sig] = source

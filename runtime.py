@@ -152,7 +152,8 @@ def barrier():
 
 def batch_to(device, x, y):
     """A batch onto the device, images in channels-last (oneDNN's and cuDNN's convolutions are faster in it)."""
-    return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), y.to(device, non_blocking=True)
+    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
 
 
 def save_atomic(obj, path):

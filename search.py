@@ -41,10 +41,9 @@ DEFAULTS = {
 # --preset laptop: the whole pipeline on Fashion-MNIST on a 2-core CPU in about 13 minutes: the `mini` space
 # (supernet.py) at 28 px, 9,600 images per split, 11 epochs of which 5 weights-only. Where it departs from the
 # paper it says why in the README ("How the laptop preset departs from the paper"); the main ones: an
-# architecture learning rate ~30x the paper's, as this search makes ~900 architecture steps, not ~7,400,
-# and a weight learning rate of 0.1 at batch 64 for ~1,700 weight steps.
-# lam 0.03, not 0.15: on Fashion-MNIST at 0.15 the cost term alone decides every choice (README, "How the laptop
-# preset departs from the paper")
+# architecture learning rate ~30x the paper's, as this search makes ~900 architecture steps, not ~7,400;
+# a weight learning rate of 0.1 at batch 64 for ~1,700 weight steps; and lambda 0.03, not 0.15, as at 0.15
+# the cost term alone decides every choice on Fashion-MNIST.
 PRESETS = {"laptop": dict(space="mini", data="fashion-mnist", subset=9600, epochs=11, warmup_epochs=5,
                           batch_size=64, lr=0.1, arch_lr=1e-2, lam=0.03, out=os.path.join("runs", "laptop"))}
 RETRAIN_PRESETS = {"laptop": ["--epochs", "5", "--batch-size", "128", "--lr", "0.1", "--subset", "24000"]}
@@ -153,7 +152,8 @@ def weight_epoch(ctx, epoch):
         x, y = ctx.to_device(x, y)
         for group in ctx.w_opt.param_groups:
             group["lr"] = runtime.cosine_lr(ctx.global_step, ctx.total_weight_steps, a.lr, a.lr_min)
-        logits, loss = weight_step(net, ctx.w_opt, ctx.criterion, x, y, sample_candidates(net, 1, g), ctx.autocast())
+        logits, loss = weight_step(net, ctx.w_opt, ctx.objective.criterion, x, y, sample_candidates(net, 1, g),
+                                   ctx.autocast())
         runtime.broadcast_buffers(net)
         ctx.after_step()
         ctx.global_step += 1
@@ -240,7 +240,6 @@ class Context:
         self.w_opt = torch.optim.SGD(self.weights, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=args.arch_lr, betas=tuple(args.arch_betas),
                                       weight_decay=args.arch_weight_decay)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
         self.steps_per_epoch = len(make_loader(self.data.train, args.batch_size, True, 0, args.seed, rank, world))
         self.arch_steps = len(make_loader(self.data.val, args.batch_size, True, 0, args.seed, rank, world))
         self.total_weight_steps = args.epochs * self.steps_per_epoch
@@ -654,12 +653,11 @@ def read_log(out):
         return [json.loads(line) for line in f]
 
 
-def search_evidence(out):
-    """What shows that a finished search learned, read from its folder: the untrained guess and the
+def search_evidence(out, log):
+    """What shows that a finished search learned, read from its folder and log: the untrained guess and the
     derived network's accuracy on the shared weights (validation split), how firmly alpha and beta
     decided (p on the path, w of the chosen candidates), and the architecture derived after the last
     weights-only epoch beside the final one."""
-    log = read_log(out)
     last = log[-1]
     ev = {"untrained_val_acc": next((r["val_acc"] for r in log if r["stage"] == "init"), None),
           "supernet_val_acc": last.get("val_acc"), "derived_val_acc": last.get("derived_val_acc"),
@@ -686,13 +684,14 @@ def walkthrough_end(args):
         report = json.load(f)
     with open(arch_path) as f:
         arch = json.load(f)
-    searched = sum(r.get("seconds", 0.0) for r in read_log(args.out))  # from the log: a resumed run counts in full
+    log = read_log(args.out)
+    searched = sum(r.get("seconds", 0.0) for r in log)  # from the log: a resumed run counts in full
     summary = {"seconds_search": searched, "seconds_retrain": report["wall_s"], "test_top1": report["top1"],
                "flops": report["flops"], "params": report["params"]}
     print("\n== summary ==")
     print(f"search: {searched / 60:.1f} min; retrain + test: {report['wall_s'] / 60:.1f} min")
     if not args.random:
-        ev = search_evidence(args.out)
+        ev = search_evidence(args.out, log)
         summary |= ev
         mm, unit = (1e6, "M FLOPs") if ev["metric"] == "flops" else (1.0, " ms")
         pct = {k: "not evaluated" if ev[k] is None else f"{ev[k]:.2f}%"

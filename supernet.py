@@ -347,7 +347,7 @@ def count_params(params):
 
 
 # ----------------------------------------------------------------------------------------
-# Search spaces (Sec. 3.1.3, 4.1; supplement A.4, Table 6)
+# Search spaces (Sec. 3.1; arXiv v1 Sec. 3.1.3; supplement A.4)
 
 @dataclass(frozen=True)
 class Block:

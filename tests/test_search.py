@@ -1,5 +1,6 @@
 """search.py: dropping-path sampling, the rebias of Eq. 10, a whole toy search, ranks in step,
 exact resume, and refusals of bad input."""
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,10 +18,11 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from conftest import ROOT
-from cost import arch_cost, flops_table, save_json_atomic
+from cost import CostModel, arch_cost, flops_table, save_json_atomic
 from retrain import profile
 import search
 from search import rebias, sample_candidates
+import supernet
 from supernet import BasicLayer, get_space, run_cli
 
 TOY = ["search.py", "--space", "toy", "--data", "fake", "--subset", "64", "--batch-size", "32",
@@ -93,9 +95,6 @@ def test_arch_step_at_temperature_mixes_and_rebiases_with_it():
     """The ResNet search's temperature (T = 0.9) reaches every part of search.arch_step: the sampled
     layer's forward mixes its two candidates by softmax(alpha[pair] / T), and after the step every
     unsampled candidate keeps its w = softmax(alpha / T) (Eq. 10 at T) while alpha has moved."""
-    import dataclasses
-    import supernet
-    from cost import CostModel
     defn = dataclasses.replace(get_space("toy", 16, 3, 10).defn, temperature=0.9)
     space = supernet.Space(defn, 16, 3, 10)
     torch.manual_seed(0)
