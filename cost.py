@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from supernet import ArgumentParser, SPACES, UsageError, get_space, make_op, path_probs, run_cli
+from supernet import ArgumentParser, SPACES, UsageError, get_space, make_op, path_probs, run_cli, signature
 
 
 # ----------------------------------------------------------------------------------------
@@ -74,7 +74,7 @@ def parse_signature(sig):
 def space_signatures(space):
     """Every distinct operation signature the super network of `space` can use."""
     sigs = [s for j in range(space.n + 1) for s in space.fixed_signatures(j)]
-    sigs += [s for slot in space.slots for s in slot.signatures()]
+    sigs += [s for slot in space.slots for s in slot.signatures()] + space.derived_classifiers()
     return sorted(set(sigs))
 
 
@@ -114,9 +114,10 @@ def fit_data_ops(table, space):
     class count. A table measured for other data has the same operation with another such width; its cost,
     scaled by the FLOPs ratio, prices the missing one (the same for every architecture of the space, so
     the search is not held up by it). Returns {priced signature: the table's signature it came from}."""
-    stem, classifier = space.fixed_signatures(0)[0], space.fixed_signatures(space.n)[0]
+    classifiers = sorted(set(space.fixed_signatures(space.n) + space.derived_classifiers()))
     costs, priced = table["costs"], {}
-    for sig, keep in ((stem, (0, 2, 3, 4)), (classifier, (0, 1, 3, 4))):  # fields that must agree
+    # the fields that must agree: all but the stem's input channels, all but the classifier's class count
+    for sig, keep in [(space.fixed_signatures(0)[0], (0, 2, 3, 4))] + [(c, (0, 1, 3, 4)) for c in classifiers]:
         if sig in costs:
             continue
         want = [parse_signature(sig)[i] for i in keep]
@@ -201,8 +202,12 @@ class CostModel:
         costs = table["costs"]
         self.fixed = [sum(costs[s] for s in space.fixed_signatures(j)) for j in range(space.n + 1)]
         rows = []
+        if not space.derived_end_conv:  # the derived ResNets (Table 6) end without the 1x1 conv: a path
+            self.fixed[space.n] = 0.0   # into B_n costs the classifier fed by its last block, as theirs does
         for slot in space.slots:
             row = [costs[s] for s in slot.signatures()]
+            if slot.block == space.n and not space.derived_end_conv:
+                row = [costs[signature("linear", slot.c_in, space.num_classes, 1, 1)]]
             rows.append([price * row[0] if o == "skip" and len(row) > 1 else c
                          for o, c in zip(slot.candidates, row)])
         self.rows = rows

@@ -306,7 +306,8 @@ class SuperNet(nn.Module):
         """samples: None (every candidate, Eq. 2) or {slot: [candidate indices]} (dropping-path).
         path: None (every block, inputs weighted by p, Eq. 4), or a block sequence from B_0 to B_n:
         then only its blocks run, each fed by its predecessor alone. With path = the Viterbi path
-        and samples = argmax alpha this is the derived network (Sec. 3.4) on the shared weights."""
+        and samples = argmax alpha this is the derived network (Sec. 3.4) on the shared weights (in the ResNet
+        space with the ending 1x1 conv, which the derived ResNets of Table 6 drop)."""
         p = self.path_probs()
         if path is not None and (path[0] != 0 or path[-1] != self.space.n
                                  or not set(zip(path, path[1:])) <= set(self.space.edges)):
@@ -394,6 +395,7 @@ class SpaceDef:
     skip_price: float = 0.0  # cost of skip as a fraction of the first candidate's (the authors' ResNet search)
     temperature: float = 1.0  # softmax temperature on alpha and beta (the authors' ResNet search: 0.9)
     start_alike: bool = False  # MBConv candidates of a layer start as the same function (start_alike; laptop)
+    derived_end_conv: bool = True  # the derived network keeps the ending 1x1 conv (the ResNets of Table 6 do not)
 
 
 MBV2 = SpaceDef(
@@ -408,7 +410,8 @@ RESNET = SpaceDef(
     tuple([(c, 1, 1, 0) for c in (48, 56, 64)] + [(c, 2, 2, 5) for c in (72, 96, 112)]
           + [(c, 3, 3, 15) for c in (128, 144, 160, 176)] + [(c, 3, 4, 5) for c in (192, 208, 224)]
           + [(c, 4, 5, 5) for c in (240, 256, 272, 288)] + [(c, 4, 6, 1) for c in (480, 496, 512)]),
-    512, ("basic_block", "skip"), ("basic_block",), "relu", 10, skip_price=0.1, temperature=0.9)
+    512, ("basic_block", "skip"), ("basic_block",), "relu", 10, skip_price=0.1, temperature=0.9,
+    derived_end_conv=False)
 
 # small enough that a forward+backward of the whole super network takes well under a second
 TOY = SpaceDef(
@@ -502,11 +505,9 @@ class Space:
         return 2 ** (self.blocks[j].level - self.blocks[i].level)
 
     def align_candidates_for(self, i, j):
-        """Candidates of the branch B_i -> B_j; the ending block's branches are fixed 1x1 convs,
-        or the identity where B_i already has the final width (the derived ResNets, Table 6)."""
-        if j < self.n:
-            return self.align_candidates
-        return ["skip"] if self.blocks[i].channels == self.end_width and self.stride(i, j) == 1 else ["conv1x1"]
+        """Candidates of the branch B_i -> B_j; the ending block's branches are fixed 1x1 convs to the
+        final width, one per incoming block (Sec. 3.1.3), in the ResNet space too (supplement A.4)."""
+        return self.align_candidates if j < self.n else ["conv1x1"]
 
     def fixed_signatures(self, j):
         """The operations of B_j that are not searched: the stem and B_0's fixed layers, the classifier."""
@@ -516,6 +517,14 @@ class Space:
         if j == self.n:
             return [signature("linear", self.end_width, self.num_classes, 1, 1)]
         return []
+
+    def derived_classifiers(self):
+        """Classifier signatures a derived network can have: after the ending conv, or where the derived network
+        keeps none (the ResNets of Table 6), after any block that feeds the ending block."""
+        if self.derived_end_conv:
+            return self.fixed_signatures(self.n)
+        widths = sorted({self.blocks[i].channels for i, j in self.edges if j == self.n})
+        return [signature("linear", c, self.num_classes, 1, 1) for c in widths]
 
     def describe(self, params=None):
         return {"space": self.name, "input_size": self.input_size,

@@ -67,10 +67,9 @@ def derive(space, alphas, p):
         layers = [choice["layer", j, l] for l in range(b.layers)]
         blocks.append({"in": space.blocks[i].channels, "out": b.channels, "stride": space.stride(i, j),
                        "head": choice["edge", i, j], "layers": [o for o in layers if o != "skip"]})
-    end_op = choice["edge", path[-2], path[-1]]
     return {"space": space.name, "input_size": space.input_size, "in_channels": space.in_channels,
             "num_classes": space.num_classes, "stem": {"out": space.stem_out, "stride": space.stem_stride},
-            "blocks": blocks, "last": None if end_op == "skip" else {"out": space.end_width},
+            "blocks": blocks, "last": {"out": space.end_width} if space.derived_end_conv else None,
             "path": path}
 
 

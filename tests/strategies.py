@@ -66,14 +66,14 @@ def space_defs(draw, max_blocks=6):
             stage += 1
             level += draw(st.integers(0, 1))
         rows.append((c, level, stage, draw(st.integers(0, 2))))
-    # sometimes the last width equals the ending width, so the ending branch is an identity
     end_width = draw(st.sampled_from([c, c + draw(st.integers(1, 12))]))
     cands = draw(st.lists(st.sampled_from(supernet.MBCONVS), min_size=1, max_size=3, unique=True))
     if draw(st.booleans()):
         cands.append("skip")
     align = draw(st.lists(st.sampled_from(supernet.MBCONVS), min_size=1, max_size=2, unique=True))
     return supernet.SpaceDef("rand", stem_out, b0_ops, b0_out, tuple(rows), end_width, tuple(cands),
-                             tuple(align), draw(st.sampled_from(["relu6", "relu"])), draw(st.integers(1, 4)))
+                             tuple(align), draw(st.sampled_from(["relu6", "relu"])), draw(st.integers(1, 4)),
+                             derived_end_conv=draw(st.booleans()))
 
 
 @st.composite

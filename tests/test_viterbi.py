@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+import retrain
 import supernet
 import viterbi
 from strategies import all_paths, chain_path, markov_dags, one_hot_choices, one_hot_params, path_prob, spaces
@@ -85,8 +86,9 @@ def test_derive_one_hot(space, seed):
                          "stride": 2 ** (bj.level - bi.level),
                          "head": chosen["edge", i, j], "layers": [o for o in layers if o != "skip"]})
     assert arch["blocks"] == expected
-    end = chosen["edge", path[-2], path[-1]]
-    assert arch["last"] == (None if end == "skip" else {"out": space.end_width})
+    assert chosen["edge", path[-2], path[-1]] == "conv1x1"  # the ending block's branches (Sec. 3.1.3)
+    # the derived ResNets of Table 6 end in their last block, with no 1x1 conv before pooling
+    assert arch["last"] == ({"out": space.end_width} if space.derived_end_conv else None)
     assert arch["stem"] == {"out": space.stem_out, "stride": space.stem_stride}
 
     c = space.stem_out
@@ -143,3 +145,45 @@ def test_decisiveness_reads_uniform_as_undecided_and_one_hot_as_decided():
     one_hot_p = torch.tensor([1.0 if (i, j) in set(zip(path, path[1:])) else 0.0 for i, j in space.edges])
     one_hot_w = [torch.eye(len(w))[0] for w in weights]
     assert viterbi.decisiveness(space, one_hot_w, one_hot_p, path) == {"p_path": 1.0, "w_chosen": 1.0}
+
+
+# Table 3: params and FLOPs of the published ResNet-space networks, whose layouts Table 6 gives
+TABLE3_RESNETS = {"densenas_r1": (11.1e6, 1.61e9), "densenas_r2": (19.5e6, 3.06e9), "densenas_r3": (24.7e6, 3.41e9)}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE3_RESNETS))
+def test_published_resnets_profile_to_table3(name):
+    """examples/densenas_r*.json (Table 6: the last 512-wide block feeds pooling, no ending conv) count the
+    params and FLOPs of Table 3 to the figures' precision; R1 and R2 are networks of the ResNet space that
+    derive() returns for one-hot alpha and p on their path; R3 swaps in bottlenecks (Sec. 4.2), outside it."""
+    arch = viterbi.load_arch(f"examples/{name}.json")
+    prof, (params, flops) = retrain.profile(arch), TABLE3_RESNETS[name]
+    assert abs(prof["params"] - params) < 0.05e6 and abs(prof["flops"] - flops) < 0.005e9
+    assert arch["last"] is None and arch["blocks"][-1]["out"] in (512, 4 * 512)  # R3: a bottleneck's 4x
+    if name == "densenas_r3":
+        return
+    space = supernet.get_space("resnet")
+    width_to_block = {b.channels: b.index for b in space.blocks[1:-1]}  # the space's widths are distinct
+    path = [0] + [width_to_block[b["out"]] for b in arch["blocks"]] + [space.n]
+    ops = {("edge", i, j): b["head"] for i, j, b in zip(path, path[1:], arch["blocks"])}
+    ops |= {("layer", j, l): "basic_block" for j, b in zip(path[1:], arch["blocks"]) for l in range(len(b["layers"]))}
+    keys = [("edge", *s.edge) if s.edge else ("layer", s.block, s.layer) for s in space.slots]
+    alphas = [torch.tensor([float(c == ops.get(k, "skip")) for c in s.candidates]) for s, k in zip(space.slots, keys)]
+    on_path = set(zip(path, path[1:]))
+    p = torch.tensor([float((i, j) in on_path or not any(e[0] == i for e in on_path)) for i, j in space.edges])
+    p = p / torch.tensor([sum(p[k] for k, e in enumerate(space.edges) if e[0] == i) for i, _ in space.edges])
+    derived = viterbi.derive(space, alphas, p)
+    assert derived["path"] == path
+    assert {k: v for k, v in derived.items() if k != "path"} == arch
+
+
+def test_resnet_ending_block_has_a_conv_per_incoming_block():
+    """Supplement A.4 / Sec. 3.1.3: every branch into the ResNet space's ending block is a 1x1 conv to 512
+    channels, the 512-wide block's too (no identity branch); the classifier of a derived ResNet is priced
+    for every width that can end it."""
+    space = supernet.get_space("resnet")
+    ending = [s for s in space.slots if s.block == space.n]
+    assert [s.edge[0] for s in ending] == [i for i, j in space.edges if j == space.n]
+    assert all(s.candidates == ("conv1x1",) for s in ending)
+    assert {s.c_in for s in ending} == {480, 496, 512}
+    assert space.derived_classifiers() == [f"linear/{c}/1000/1/1" for c in (480, 496, 512)]
