@@ -43,19 +43,29 @@ first --mem-steps samples; the figure is the largest of them.
 
 The last line of stdout is one JSON object with every figure and the settings.
 """
+import contextlib
 import copy
 import json
 import math
+import os
 import statistics
+import sys
+import tempfile
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import latency
+import runtime
+import search
 from cost import CostModel, flops_table
+from data import FAKE_SIZES
 from latency import get_device
+from retrain import ArchNet, train_epoch
 from search import DEFAULTS, UNITS, Objective, arch_step, sample_candidates, set_trainable, weight_step
+from viterbi import load_arch
 from supernet import SPACES, ArgumentParser, SuperNet, UsageError, add_all, get_space, run_cli
 
 TARGETS = {"speed-up": 1.5, "memory": 1.3}  # reference time / super network time at least; memory ratio at most
@@ -133,9 +143,11 @@ class Bench:
     """The super network, its optimisers and Eq. 8 as search.Context holds them (channels-last), the
     reference's contiguous copy of it with its own momentum buffers, and one batch in both formats."""
 
-    def __init__(self, space, device, batch_size, seed=0):
+    def __init__(self, space, device, batch_size, seed=0, amp=False):
         d = DEFAULTS.get(space.name, DEFAULTS["mbv2"])
         self.device = device
+        # the super network's steps in bf16 autocast, as search.py --amp runs them; the reference stays float32
+        self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
         torch.manual_seed(seed)
         self.net = SuperNet(space).to(device, memory_format=torch.channels_last).train()  # as search.Context
         # the reference's modules: the same weights, contiguous, stock nn.Conv2d, in-place ReLU6
@@ -170,10 +182,10 @@ class Bench:
             set_trainable(net.arch_parameters(), step == "arch")
 
     def super_weight(self, samples):
-        weight_step(self.net, self.w_opt, self.objective.criterion, self.x_cl, self.y, samples)
+        weight_step(self.net, self.w_opt, self.objective.criterion, self.x_cl, self.y, samples, self.autocast())
 
     def super_arch(self, samples):
-        arch_step(self.net, self.a_opt, self.objective, self.x_cl, self.y, samples)
+        arch_step(self.net, self.a_opt, self.objective, self.x_cl, self.y, samples, self.autocast())
 
     def reference(self, step, samples):
         """The reference for one sample, and the function that runs its step."""
@@ -277,18 +289,37 @@ def figures(times, peak, batch_size):
 def main(argv=None):
     ap = ArgumentParser(__doc__)
     ap.add_argument("--space", default="mbv2", help=f"search space ({', '.join(SPACES)}; default mbv2)")
-    ap.add_argument("--input-size", type=int, default=64, help="input image size (default 64)")
+    ap.add_argument("--input-size", type=int, default=None, help="input image size (default 64; 224 with --gpu-check)")
     ap.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000)")
-    ap.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda[:k] (default cpu)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="images per step (default 32; with --gpu-check 88, the paper's 352 over 4 GPUs)")
+    ap.add_argument("--device", default=None, help="cpu or cuda[:k] (default cpu; cuda with --gpu-check)")
+    ap.add_argument("--amp", action="store_true", help="the super network's steps in bf16 autocast on CUDA, as "
+                                                       "search.py --amp (the reference stays float32)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps of each network per step kind (default 20)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps before them (default 3)")
     ap.add_argument("--mem-steps", type=int, default=2,
                     help="samples whose peak memory is measured, in extra untimed steps (default 2)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the weights, the batch and the samples (default 0)")
+    g = ap.add_argument_group("the GPU check (README, 'Checking a GPU machine')")
+    g.add_argument("--gpu-check", action="store_true",
+                   help="on one GPU, run the real paths at real sizes and print one JSON line: this benchmark at "
+                        "224 px, batch 88, bf16 autocast; the latency table's build; --search-steps steps of "
+                        "search.py on synthetic 224 px data with that table; the retraining step of --arch")
+    g.add_argument("--search-steps", type=int, default=300, help="search steps of the check (default 300)")
+    g.add_argument("--arch", default=os.path.join("examples", "mobilenetv2.json"),
+                   help="the arch whose retraining step the check times (default examples/mobilenetv2.json)")
+    g.add_argument("--retrain-batch", type=int, default=128,
+                   help="its per-GPU batch (default 128, the paper's 1024 over 8 GPUs)")
     args = ap.parse_args(argv)
-    for name in ("batch_size", "steps", "threads", "mem_steps", "num_classes"):
+    check = args.gpu_check
+    args.device = args.device or ("cuda" if check else "cpu")
+    args.input_size = args.input_size or (224 if check else 64)
+    args.batch_size = args.batch_size or (88 if check else 32)
+    args.amp = args.amp or check
+    for name in ("batch_size", "steps", "threads", "mem_steps", "num_classes", "input_size", "search_steps",
+                 "retrain_batch"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
@@ -296,9 +327,14 @@ def main(argv=None):
         raise UsageError(f"--warmup must be at least 0, got {args.warmup}")
     if args.mem_steps > args.steps:
         raise UsageError(f"--mem-steps {args.mem_steps} exceeds --steps {args.steps}")
+    return gpu_check(args) if check else bench(args)
+
+
+def bench(args):
+    """The benchmark: both steps of the super network against their reference; returns the figures."""
     space = get_space(args.space, args.input_size, 3, args.num_classes)
     dev, device_name = get_device(args.device, args.threads)
-    b = Bench(space, dev, args.batch_size, args.seed)
+    b = Bench(space, dev, args.batch_size, args.seed, args.amp)
 
     # the samples of every step, drawn up front (dropping-path, supplement A.3); sampling is timed apart
     g = torch.Generator().manual_seed(args.seed)
@@ -312,7 +348,7 @@ def main(argv=None):
     res = {"settings": {"space": space.name, "input_size": space.input_size, "batch_size": args.batch_size,
                         "num_classes": space.num_classes, "device": device_name, "torch": torch.__version__,
                         "threads": torch.get_num_threads(), "steps": args.steps, "warmup": args.warmup,
-                        "mem_steps": args.mem_steps, "seed": args.seed}}
+                        "mem_steps": args.mem_steps, "seed": args.seed, "amp": args.amp}}
     print(f"bench: space {space.name} at {space.input_size}px, batch {args.batch_size}, {device_name}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; {args.warmup} warm-up + {args.steps} "
           f"timed steps per network, taking turns")
@@ -342,18 +378,105 @@ def main(argv=None):
     # every layer mixed by softmax(alpha) (Eq. 2), forward and backward, against the sampled weight step
     b.freeze("weight")
     b.w_opt.zero_grad(set_to_none=True)
-    full = peak_bytes(lambda: b.objective.criterion(b.net(b.x_cl), b.y).backward(), b.device)
+    try:
+        full = peak_bytes(lambda: b.objective.criterion(b.net(b.x_cl), b.y).backward(), b.device)
+    except torch.OutOfMemoryError:  # at 224 px the whole super network may not fit: that is the point of A.3
+        full = float("inf")
     b.w_opt.zero_grad(set_to_none=True)
     res["full_supernet_peak_bytes"] = full
     res["dropping_path_memory_saving"] = full / max(res["weight_super"]["peak_bytes"], 1)
+    if full == float("inf"):
+        res["full_supernet_peak_bytes"] = res["dropping_path_memory_saving"] = None
     print(f"without dropping-path (every candidate, Eq. 2; forward + backward): peak {full / 2**20:.2f} MiB, "
-          f"{res['dropping_path_memory_saving']:.2f}x the sampled weight step's")
+          f"{res['dropping_path_memory_saving'] or float('inf'):.2f}x the sampled weight step's (inf: out of memory)")
     res["sample_ms"] = sample_ms
     res["targets_met"] = met
     print(f"sampling (not in the step times): {sample_ms['weight']:.2f} ms per weight step, "
           f"{sample_ms['arch']:.2f} ms per arch step; all targets {'met' if met else 'NOT met'}")
     print(json.dumps(res))
     return res
+
+
+
+# ----------------------------------------------------------------------------------------
+# The GPU check: the real paths at real sizes, one JSON line
+
+def search_epochs(steps, batch_size):
+    """Epochs (half of them weights-only) of a search on fake data that make at least `steps` steps."""
+    w, a = FAKE_SIZES[0] // batch_size, FAKE_SIZES[1] // batch_size  # weight and arch steps per epoch
+    if w < 1 or a < 1:
+        raise UsageError(f"--batch-size {batch_size} exceeds the fake data's splits {FAKE_SIZES}")
+    epochs = 2
+    while epochs * w + (epochs - epochs // 2) * a < steps:
+        epochs += 1
+    return epochs, epochs // 2, epochs * w + (epochs - epochs // 2) * a
+
+
+def gpu_check(args):
+    """This benchmark, the latency table of the space, a short search with that table and the retraining step
+    of an arch, each on the device at the given sizes; prints one JSON object (stdout's only line)."""
+    with contextlib.redirect_stdout(sys.stderr):  # progress on stderr; stdout holds the one JSON line
+        out = check_parts(args)
+    print(json.dumps(out))
+    return out
+
+
+def check_parts(args):
+    t_start = time.time()
+    dev, device_name = get_device(args.device, args.threads)
+    cuda = dev.type == "cuda"
+    out = {"device": device_name, "torch": torch.__version__, "space": args.space, "input_size": args.input_size,
+           "batch_size": args.batch_size, "amp": args.amp and cuda, "channels_last": True}
+    res = bench(args)
+    out["bench"] = {step: {"super_img_s": res[f"{step}_super"]["img_s"],
+                           "reference_img_s": res[f"{step}_reference"]["img_s"],
+                           "speedup": res[f"{step}_ratio"]["speedup"],
+                           "super_peak_MiB": res[f"{step}_super"]["peak_bytes"] / 2**20,
+                           "reference_peak_MiB": res[f"{step}_reference"]["peak_bytes"] / 2**20}
+                    for step in ("weight", "arch")}
+    with tempfile.TemporaryDirectory() as tmp:
+        # the latency table of the search below (supplement A.1: batch 32), built as search.py builds its own
+        lut = os.path.join(tmp, "lut.json")
+        space = get_space(args.space, args.input_size, 3, 10)  # fake data: 10 classes
+        t0 = time.time()
+        table = latency.build_table(space, dev, device_name, lut, every=30.0)
+        out["latency_table"] = {"ops": len(table["costs"]), "wall_s": time.time() - t0}
+        # search.py itself on synthetic data of the check's size: warm-up epochs, then alternating ones
+        epochs, warm, steps = search_epochs(args.search_steps, args.batch_size)
+        run = os.path.join(tmp, "search")
+        t0 = time.time()
+        search.main(["--space", args.space, "--data", "fake", "--input-size", str(args.input_size),
+                     "--batch-size", str(args.batch_size), "--epochs", str(epochs), "--warmup-epochs", str(warm),
+                     "--eval-from", str(epochs), "--lut", lut, "--out", run, "--log-every", "30"]
+                    + (["--gpus", "1", "--amp"] if cuda else []))
+        log = search.read_log(run)
+        out["search"] = {"steps": steps, "epochs": epochs, "wall_s": time.time() - t0,
+                         "epoch_s": sum(r["seconds"] for r in log if "seconds" in r),
+                         "train_img_s": log[-1]["train_img_s"], "val_acc": log[-1].get("val_acc"),
+                         "arch_cost_ms": log[-1]["arch_cost"], "widths": log[-1]["widths"]}
+    out["retrain"] = retrain_step(load_arch(args.arch), dev, args.retrain_batch, args.amp and cuda, args.steps)
+    out["wall_s"] = time.time() - t_start
+    return out
+
+
+def retrain_step(arch, dev, batch_size, amp, steps):
+    """img/s and peak memory of retrain.py's training step (retrain.train_epoch) on the arch, synthetic batches."""
+    torch.manual_seed(0)
+    net = ArchNet(arch).to(dev, memory_format=torch.channels_last)
+    r = arch["input_size"]
+    batch = runtime.batch_to(dev, torch.randn(batch_size, arch["in_channels"], r, r),
+                             torch.randint(0, arch["num_classes"], (batch_size,)))  # on the device: the step alone
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=4e-5)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp)
+
+    def run(n):
+        bar = runtime.Progress("retrain", n, batch_size, enabled=False)
+        train_epoch(net, [batch] * n, opt, criterion, lambda step: 0.1, 0, dev, autocast, bar)
+    run(2)  # kernels chosen and momentum buffers made before timing
+    seconds = timed(lambda: run(steps), dev)
+    return {"arch": arch.get("space"), "batch_size": batch_size, "img_s": steps * batch_size / seconds,
+            "peak_MiB": peak_bytes(lambda: run(1), dev) / 2**20}
 
 
 if __name__ == "__main__":

@@ -89,11 +89,11 @@ def flops_table(space):
             "costs": {s: op_flops(s) for s in space_signatures(space)}}
 
 
-def save_json_atomic(obj, path):
+def save_json_atomic(obj, path, indent=1):
     """Write JSON to path through a temp file and a rename, so a crash never leaves half a file."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
+        json.dump(obj, f, indent=indent)
     os.replace(tmp, path)
 
 

@@ -36,6 +36,7 @@ import torchvision
 import torchvision.transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
+from cost import save_json_atomic
 from supernet import ArgumentParser, UsageError, run_cli
 
 # where Fashion-MNIST is looked for, after $FASHION_MNIST_DIR (read at call time)
@@ -263,9 +264,8 @@ def load_folder(root, purpose, seed, input_size, subset, classes, split_file):
         train_files, val_files = [files[i] for i in tr], [files[i] for i in va]
         if split_file:
             os.makedirs(os.path.dirname(os.path.abspath(split_file)), exist_ok=True)
-            with open(split_file, "w") as f:
-                json.dump({"root": info["root"], "seed": seed, "classes": names,
-                           "train": train_files, "val": val_files}, f)
+            save_json_atomic({"root": info["root"], "seed": seed, "classes": names, "train": train_files,
+                              "val": val_files}, split_file, indent=None)
             info.update(split_file=split_file, split_reused=False)
     else:
         if not os.path.isdir(val_dir):

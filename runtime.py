@@ -48,7 +48,7 @@ def check_devices(args):
         have = torch.cuda.device_count()
         if have < args.gpus:
             raise UsageError(f"--gpus {args.gpus} asked for, but {have} CUDA device(s) are visible")
-    if args.amp and not args.gpus and not (under_torchrun() and torch.cuda.is_available()):
+    if args.amp and not uses_cuda(args):
         raise UsageError("--amp needs CUDA (--gpus N)")
 
 
@@ -68,11 +68,18 @@ def launch(worker, args):
     if world == 1:
         return _worker(0, 1, 0 if args.gpus else None, args, worker, None)
     port = free_port()
-    mp.spawn(_spawned, args=(world, args, worker, port), nprocs=world, join=True)
+    try:
+        mp.spawn(_spawned, args=(world, args, worker, port), nprocs=world, join=True)
+    except mp.ProcessExitedException as e:  # a worker refused (its one line is printed) or was killed
+        sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
 
 
 def _spawned(rank, world, args, worker, port):
-    _worker(rank, world, rank if args.gpus else None, args, worker, port)
+    try:
+        _worker(rank, world, rank if args.gpus else None, args, worker, port)
+    except UsageError as e:  # one line, as run_cli prints it; spawn then stops the other workers
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def _worker(rank, world, gpu, args, worker, port):
@@ -97,6 +104,25 @@ def _worker(rank, world, gpu, args, worker, port):
 
 def world_size():
     return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def uses_cuda(args):
+    """Whether the run trains on CUDA: --gpus N, or torchrun on a machine with CUDA."""
+    return bool(args.gpus) or (under_torchrun() and torch.cuda.is_available())
+
+
+def main_first(fn):
+    """fn() on rank 0, then on every other rank after a barrier: what rank 0 writes (a split), the others read."""
+    if rank() == 0:
+        out = fn()
+        barrier()
+        return out
+    barrier()
+    return fn()
 
 
 def _collective_in_place(tensors, collective):

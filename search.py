@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import latency
 import runtime
 from cost import CostModel, arch_cost, check_table, flops_table, load_table, save_json_atomic
 from data import load_data, make_loader
@@ -51,6 +52,7 @@ IMAGENET_COMMAND = "python search.py --space mbv2 --data /path/to/imagenet --gpu
 # cost units of log_tau(cost) in Eq. 8: latency in ms (tau = 15), FLOPs in millions (tau = 3500)
 UNITS = {"flops": 1e6, "latency_ms": 1.0}
 CHECKPOINT = "checkpoint.pt"
+LATENCY_TABLE = "latency_table.json"  # measured by the run when --cost latency has no --lut
 
 
 # ----------------------------------------------------------------------------------------
@@ -225,11 +227,11 @@ class Context:
         self.main = rank == 0
         self.cuda = device.type == "cuda"
         self.workers = args.workers if args.workers is not None else (4 if self.cuda else 0)
-        self.data = load_data(args.data, "search", args.seed, args.input_size, args.subset, args.classes,
-                              split_file=os.path.join(args.out, "split.json"))
+        self.data = runtime.main_first(lambda: load_data(args.data, "search", args.seed, args.input_size,
+                                                         args.subset, args.classes, split_file=split_path(args)))
         self.space = get_space(args.space, self.data.input_size, self.data.in_channels, self.data.num_classes,
                                args.connect)
-        self.table = resolve_table(args, self.space, self.main)
+        self.table = resolve_table(args, self.space, device, say=self.main)
         self.unit = UNITS.get(self.table["metric"], 1.0)
         self.objective = Objective(CostModel(self.space, self.table), args.lam, args.tau, self.unit, args.estimator,
                                    args.label_smoothing)
@@ -277,14 +279,31 @@ class Context:
         self.epoch, self.global_step, self.best = ck["epoch"], ck["global_step"], ck["best"]
 
 
-def resolve_table(args, space, say=True):
-    if args.cost == "latency":
-        table = load_table(args.lut)
-        for sig, source in check_table(table, space, f"latency table {args.lut}").items():
-            if say:
-                print(f"latency table: {sig} (this data set's) priced as {source} x their FLOPs ratio", flush=True)
-        return table
-    return flops_table(space)
+def resolve_table(args, space, device=None, say=True):
+    """The cost table of Eq. 8: FLOPs; the --lut latency table; or, with --cost latency and no --lut (the
+    default for mbv2 on CUDA, Sec. 4.1), a latency table measured on this run's device as supplement A.1
+    does (batch 32), written once by rank 0 into OUT/latency_table.json and read by every rank after a
+    barrier; a resumed run finds it complete and measures nothing. device None: only check what exists."""
+    if args.cost == "flops":
+        return flops_table(space)
+    path = args.lut or os.path.join(args.out, LATENCY_TABLE)
+    if not args.lut:
+        if device is None and not os.path.exists(path):
+            return None  # to be measured by the run
+        if device is not None:
+            if runtime.rank() == 0:
+                os.makedirs(args.out, exist_ok=True)
+                latency.build_table(space, *latency.get_device(str(device)), path, every=args.log_every)
+            runtime.barrier()
+    table = load_table(path)
+    for sig, source in check_table(table, space, f"latency table {path}").items():
+        if say:
+            print(f"latency table: {sig} (this data set's) priced as {source} x their FLOPs ratio", flush=True)
+    return table
+
+
+def split_path(args):
+    return os.path.join(args.out, "split.json")
 
 
 def run_config(args):
@@ -444,8 +463,8 @@ def random_search_worker(rank, world, device, args):
     from retrain import ArchNet, evaluate as eval_net, train_epoch
     main_rank, cuda = rank == 0, device.type == "cuda"
     workers = args.workers if args.workers is not None else (4 if cuda else 0)
-    data = load_data(args.data, "search", args.seed, args.input_size, args.subset, args.classes,
-                     split_file=os.path.join(args.out, "split.json"))
+    data = runtime.main_first(lambda: load_data(args.data, "search", args.seed, args.input_size, args.subset,
+                                                args.classes, split_file=split_path(args)))
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
     draws = draw_in_window(space, flops_table(space), args.random, args.target_flops,
                            torch.Generator().manual_seed(args.seed))
@@ -520,8 +539,10 @@ def parse_args(argv=None):
     ap.add_argument("--classes", type=int, default=100, help="ImageFolder: classes drawn for the search (default 100)")
     ap.add_argument("--connect", type=int, default=None, help="connection number M (default: the space's; Table 5)")
     ap.add_argument("--cost", choices=["flops", "latency"], default=None,
-                    help="cost of Eq. 8: flops (default without --lut) or latency (needs --lut)")
-    ap.add_argument("--lut", help="latency table from latency.py")
+                    help="cost of Eq. 8: latency (the default with --lut, and for mbv2 on CUDA; without --lut the "
+                         "run measures its own table on its device into OUT/latency_table.json) or flops (the "
+                         "default otherwise, and for resnet, Sec. 4.1)")
+    ap.add_argument("--lut", help="latency table from latency.py (any class count and input channels)")
     ap.add_argument("--estimator", choices=["chained", "local"], default="chained",
                     help="chained (Eq. 6-7, default) or local (Eq. 9, Table 7 ablation)")
     ap.add_argument("--eval-from", type=int, default=None,
@@ -558,8 +579,8 @@ def parse_args(argv=None):
     if args.random is not None:
         if args.random < 1 or not args.target_flops:
             raise UsageError("--random K needs K >= 1 and --target-flops F (e.g. --random 15 --target-flops 361M)")
-        if args.lut:
-            raise UsageError("--random samples by FLOPs; drop --lut")
+        if args.lut or args.cost == "latency":
+            raise UsageError("--random samples by FLOPs; drop --lut and --cost latency")
         args.epochs = args.epochs or (None if args.preset else 5)
         args.warmup_epochs = 0  # no super network: nothing to warm up
     elif args.target_flops:
@@ -573,10 +594,9 @@ def parse_args(argv=None):
     for k, v in DEFAULTS[args.space].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    if args.cost is None:
-        args.cost = "latency" if args.lut else "flops"
-    if args.cost == "latency" and not args.lut:
-        raise UsageError("--cost latency needs a table: --lut FILE (make one with latency.py)")
+    if args.cost is None:  # Sec. 4.1: the MobileNetV2 space is searched on GPU latency, the ResNet space on FLOPs
+        args.cost = "latency" if args.lut or (args.space == "mbv2" and not args.random and runtime.uses_cuda(args)) \
+            else "flops"
     if args.cost == "flops" and args.lut:
         raise UsageError("--lut is a latency table; drop it or use --cost latency")
     if args.epochs < 1 or not 0 <= args.warmup_epochs <= args.epochs:
@@ -622,8 +642,15 @@ def check_run(args):
                          "or --out to start elsewhere")
     data = load_data(args.data, "search", args.seed, args.input_size, args.subset, args.classes,
                      split_file=None)
+    for split in ("train", "val"):
+        if len(getattr(data, split)) < args.batch_size:
+            raise UsageError(f"--batch-size {args.batch_size} is larger than the {split} split "
+                             f"({len(getattr(data, split))} images); lower it or use more data")
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
     resolve_table(args, space, say=False)
+    if args.cost == "flops" and args.space == "mbv2" and not args.random:
+        print("cost: FLOPs, as no latency table is given (the paper searches this space on GPU latency, Sec. 4.1; "
+              "on CUDA this search measures one, or pass --lut FILE or --cost latency)", flush=True)
     if args.random:
         draw_in_window(space, flops_table(space), args.random, args.target_flops, torch.Generator().manual_seed(args.seed))
     if args.resume and os.path.exists(ck_path):

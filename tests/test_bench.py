@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import bench
+from cost import space_signatures
 from search import sample_candidates
 from supernet import SuperNet, get_space
 
@@ -88,3 +89,20 @@ def test_timed_reference_copy_computes_what_the_super_network_computes():
             want = b.net(x.contiguous(memory_format=torch.channels_last), samples)
             got = bench.Reference(b.ref_net, samples, grad=False)(x)
         assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_gpu_check_runs_every_part_at_toy_scale(capsys):
+    """bench.py --gpu-check, on the CPU at toy sizes: stdout is one JSON line with the benchmark against its
+    reference, the latency table's build (every operation of the space), a search of at least --search-steps
+    steps with that table, and the retraining step of an examples/ arch."""
+    bench.main(["--gpu-check", "--device", "cpu", "--space", "toy", "--input-size", "16", "--batch-size", "16",
+                "--steps", "1", "--warmup", "0", "--mem-steps", "1", "--search-steps", "40", "--retrain-batch", "2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    res = json.loads(lines[0])
+    assert res["input_size"] == 16 and res["batch_size"] == 16 and res["amp"] is False
+    for step in ("weight", "arch"):
+        assert res["bench"][step]["super_img_s"] > 0 and res["bench"][step]["reference_img_s"] > 0
+    assert res["latency_table"]["ops"] == len(space_signatures(get_space("toy", 16, 3, 10)))
+    assert res["search"]["steps"] >= 40 and res["search"]["arch_cost_ms"] > 0 and res["search"]["widths"]
+    assert res["retrain"]["img_s"] > 0 and res["retrain"]["batch_size"] == 2

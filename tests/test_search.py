@@ -18,6 +18,7 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from conftest import ROOT
+from test_data import make_folder
 from cost import CostModel, arch_cost, flops_table, save_json_atomic
 from retrain import profile
 import search
@@ -141,10 +142,18 @@ def test_toy_search_derives_an_arch_whose_logged_cost_is_exact(tmp_path):
 
 
 def test_two_ranks_hold_identical_parameters_after_every_step(tmp_path):
-    """--procs 2 (gloo): both ranks sample the same candidates and end each step with identical weights, alpha, beta."""
-    r = run(TOY + ["--epochs", "2", "--warmup-epochs", "1", "--procs", "2", "--check-sync", "--out", str(tmp_path / "r")])
+    """--procs 2 (gloo): both ranks sample the same candidates and end each step with identical weights, alpha,
+    beta. On an ImageFolder with a latency table measured by the run: rank 0 alone writes the split and the
+    table (one header line), and the other rank reads them after a barrier (a different split or table would
+    make the ranks' gradients, hence their parameters, differ)."""
+    folder = make_folder(tmp_path / "imgs", classes=3, per_class=30)
+    out = tmp_path / "r"
+    r = run(toy(data=folder, batch_size="16") + ["--epochs", "2", "--warmup-epochs", "1", "--procs", "2", "--check-sync",
+                                "--cost", "latency", "--out", str(out)])
     assert r.returncode == 0, r.stderr
     assert "check-sync: all 2 ranks held identical weights, alpha and beta after each of" in r.stdout
+    assert r.stdout.count("latency table of 'toy'") == 1 and (out / "split.json").exists()
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
 
 
 def test_kill_and_resume_equals_the_uninterrupted_run(tmp_path):
