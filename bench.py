@@ -60,13 +60,14 @@ import torch.nn.functional as F
 import latency
 import runtime
 import search
+from cli import ArgumentParser, UsageError, check_ranges, run_cli
 from cost import CostModel, flops_table
 from data import FAKE_SIZES
 from latency import get_device
 from retrain import ArchNet, train_epoch
 from search import DEFAULTS, UNITS, Objective, arch_step, sample_candidates, set_trainable, weight_step
 from viterbi import load_arch
-from supernet import SPACES, ArgumentParser, SuperNet, UsageError, add_all, get_space, run_cli
+from supernet import SPACES, SuperNet, add_all, get_space
 
 TARGETS = {"speed-up": 1.5, "memory": 1.3}  # reference time / super network time at least; memory ratio at most
 
@@ -318,13 +319,9 @@ def main(argv=None):
     args.input_size = args.input_size or (224 if check else 64)
     args.batch_size = args.batch_size or (88 if check else 32)
     args.amp = args.amp or check
-    for name in ("batch_size", "steps", "threads", "mem_steps", "num_classes", "input_size", "search_steps",
-                 "retrain_batch"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-    if args.warmup < 0:
-        raise UsageError(f"--warmup must be at least 0, got {args.warmup}")
+    check_ranges(args, {"batch_size": (1, 4096, False), "steps": (1, 10**5, False), "threads": (1, 1024, False),
+                        "mem_steps": (1, None, False), "search_steps": (1, 10**6, False), "warmup": (0, 10**5, False),
+                        "retrain_batch": (1, 4096, False), "seed": (0, 2**32 - 1, False)})
     if args.mem_steps > args.steps:
         raise UsageError(f"--mem-steps {args.mem_steps} exceeds --steps {args.steps}")
     return gpu_check(args) if check else bench(args)

@@ -9,7 +9,7 @@ layers at batch 1, the paper's convention); latency tables (latency.py) use the 
     python cost.py --space mbv2 --samples 1500 [--seed S] [--csv F]   chained vs local estimation (Fig. 6)
 """
 import json
-import os
+import math
 from collections import defaultdict
 from functools import lru_cache
 
@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from supernet import ArgumentParser, SPACES, UsageError, get_space, make_op, path_probs, run_cli, signature
+from cli import (ArgumentParser, UsageError, check_ranges, output_file, read_json, run_cli, save_json_atomic,
+                 write_atomic)
+from supernet import SPACES, get_space, make_op, path_probs, signature
 
 
 # ----------------------------------------------------------------------------------------
@@ -89,23 +91,16 @@ def flops_table(space):
             "costs": {s: op_flops(s) for s in space_signatures(space)}}
 
 
-def save_json_atomic(obj, path, indent=1):
-    """Write JSON to path through a temp file and a rename, so a crash never leaves half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=indent)
-    os.replace(tmp, path)
-
-
 def load_table(path):
-    try:
-        with open(path) as f:
-            t = json.load(f)
-        assert isinstance(t["costs"], dict) and isinstance(t["meta"], dict) and t["metric"]
-    except FileNotFoundError:
-        raise UsageError(f"cost table {path} does not exist") from None
-    except (ValueError, KeyError, TypeError, AssertionError):
-        raise UsageError(f"{path} is not a cost table (JSON with 'metric', 'meta' and 'costs')") from None
+    """A cost table from a file: JSON with 'metric', 'meta' and 'costs', every cost a finite number >= 0
+    (a negative or NaN latency would turn the cost term of Eq. 8 into a reward or a NaN)."""
+    t = read_json(path, "cost table")
+    if not (isinstance(t, dict) and isinstance(t.get("costs"), dict) and isinstance(t.get("meta"), dict)
+            and isinstance(t.get("metric"), str)):
+        raise UsageError(f"{path} is not a cost table (JSON with 'metric', 'meta' and 'costs')")
+    for sig, c in t["costs"].items():
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
+            raise UsageError(f"cost table {path}: the cost of {sig} is {c!r}, not a finite number >= 0")
     return t
 
 
@@ -327,16 +322,19 @@ def main():
     ap.add_argument("--scale", type=float, default=1.0, help="alpha, beta ~ N(0, scale^2) (default 1)")
     ap.add_argument("--csv", help="write every point (real, chained, local FLOPs) of the experiment here")
     args = ap.parse_args()
+    check_ranges(args, {"samples": (3, 10**6, False), "seed": (0, 2**32 - 1, False), "scale": (0, 100, True)})
+    for path, what in ((args.csv, "--csv"), (args.table, "--table")):
+        if path:
+            output_file(path, what)
     space = get_space(args.space, args.input_size, 3, args.num_classes, args.connect)
     if args.samples is not None:
-        if args.samples < 3:
-            raise UsageError("--samples must be at least 3")
         result, points = estimation_experiment(space, args.samples, args.seed, args.scale)
         if args.csv:
-            with open(args.csv + ".tmp", "w") as f:
-                f.write("real_flops,chained_flops,local_flops\n")
-                f.writelines(f"{r:.0f},{c:.1f},{l:.1f}\n" for r, c, l in points)
-            os.replace(args.csv + ".tmp", args.csv)
+            def write(tmp):
+                with open(tmp, "w") as f:
+                    f.write("real_flops,chained_flops,local_flops\n")
+                    f.writelines(f"{r:.0f},{c:.1f},{l:.1f}\n" for r, c, l in points)
+            write_atomic(args.csv, write)
         real = [r for r, _, _ in points]
         print(f"{args.samples} random (alpha, beta) in '{space.name}' at {space.input_size}px; real FLOPs of the "
               f"derived archs {min(real) / 1e6:.1f}M .. {max(real) / 1e6:.1f}M")

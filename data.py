@@ -28,16 +28,17 @@ import math
 import os
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 import torchvision
 import torchvision.transforms as T
+from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
-from cost import save_json_atomic
-from supernet import ArgumentParser, UsageError, run_cli
+from cli import ArgumentParser, UsageError, read_json, run_cli, save_json_atomic
 
 # where Fashion-MNIST is looked for, after $FASHION_MNIST_DIR (read at call time)
 FASHION_MNIST_DIRS = ["./data/fashion-mnist", "/usr/share/datasets/fashion-mnist"]
@@ -109,7 +110,10 @@ class FileData(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         i, seed = key if isinstance(key, tuple) else (key, None)
-        img = default_loader(os.path.join(self.root, self.files[i]))
+        try:
+            img = default_loader(os.path.join(self.root, self.files[i]))
+        except OSError as e:  # a file that passed check_images but does not decode (truncated)
+            raise UsageError(f"image {os.path.join(self.root, self.files[i])} cannot be decoded ({e})") from None
         if not self.augment:
             return self.eval_transform(img), self.labels[i]
         if seed is None:
@@ -217,21 +221,36 @@ def load_fashion_mnist(purpose, seed, input_size, subset):
 
 def scan(folder, names):
     """Paths 'class/file' of the images of the named classes under folder, in a fixed order."""
+    def image(path):  # only regular files: a named pipe would block the reader
+        return path.lower().endswith(IMG_EXTENSIONS) and os.path.isfile(path)
     try:
-        found = make_dataset(folder, {c: i for i, c in enumerate(names)}, extensions=IMG_EXTENSIONS)
+        found = make_dataset(folder, {c: i for i, c in enumerate(names)}, is_valid_file=image)
     except FileNotFoundError as e:
         raise UsageError(f"{folder}: {e}") from None
     return [os.path.relpath(p, folder).replace(os.sep, "/") for p, _ in found]
 
 
 def read_split(path):
-    try:
-        with open(path) as f:
-            s = json.load(f)
-        assert isinstance(s["classes"], list) and isinstance(s["train"], list) and isinstance(s["val"], list)
-        return s
-    except (OSError, ValueError, KeyError, TypeError, AssertionError) as e:
-        raise UsageError(f"split file {path} is unreadable or not a split file ({type(e).__name__}: {e})") from None
+    s = read_json(path, "split file")
+    if not (isinstance(s, dict) and all(isinstance(s.get(k), list) for k in ("classes", "train", "val"))):
+        raise UsageError(f"split file {path} is not a split file (lists 'classes', 'train' and 'val')")
+    return s
+
+
+def check_images(folder, files):
+    """Open every image's header before training (threads, as this is I/O), so that a corrupt or unreadable
+    file is named now, not found mid-epoch."""
+    def bad(f):
+        try:
+            with Image.open(os.path.join(folder, f)) as im:
+                im.size
+            return None
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            return f"{f} ({type(e).__name__})"
+    with ThreadPoolExecutor(16) as pool:
+        found = [b for b in pool.map(bad, files) if b]
+    if found:
+        raise UsageError(f"{len(found)} unreadable image(s) in {folder}, e.g. {found[0]}; remove or replace them")
 
 
 def load_folder(root, purpose, seed, input_size, subset, classes, split_file):
@@ -279,6 +298,8 @@ def load_folder(root, purpose, seed, input_size, subset, classes, split_file):
         train_labels, val_labels = ([index[f.split("/")[0]] for f in files] for files in (train_files, val_files))
     except KeyError as e:
         raise UsageError(f"split file {split_file} lists a file of class {e}, which it does not name") from None
+    check_images(train_dir, train_files[:subset])
+    check_images(val_dir if purpose == "retrain" else train_dir, val_files[:subset])
     train = FileData(train_dir, train_files[:subset], train_labels[:subset], size, augment=True)
     val = FileData(val_dir if purpose == "retrain" else train_dir, val_files[:subset], val_labels[:subset], size)
     return train, val, 3, len(names), size, info

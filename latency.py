@@ -19,7 +19,6 @@ other settings is never overwritten unless --force is given.
 """
 import datetime
 import json
-import math
 import os
 import platform
 import random
@@ -29,8 +28,9 @@ import time
 
 import torch
 
-from cost import arch_cost, load_table, parse_signature, save_json_atomic, space_signatures, table_meta
-from supernet import ArgumentParser, SPACES, UsageError, get_space, init_weights, make_op, run_cli
+from cli import ArgumentParser, UsageError, check_ranges, output_file, run_cli, save_json_atomic
+from cost import arch_cost, load_table, parse_signature, space_signatures, table_meta
+from supernet import SPACES, get_space, init_weights, make_op
 from viterbi import arch_signatures, load_arch
 
 # the meta fields a resumed table must share with the run that continues it
@@ -132,10 +132,6 @@ def measure(sigs, costs, act, dev, batch_size, warmup, repeats, save=None, every
     return costs
 
 
-def usable(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-
-
 def build_table(space, dev, device_name, out, batch_size=32, warmup=10, repeats=50, force=False, every=5.0):
     """Measure the latency table of `space` into `out`, reusing the entries of a compatible table there."""
     meta = table_meta(space, device=device_name, torch=torch.__version__, batch_size=batch_size,
@@ -151,7 +147,7 @@ def build_table(space, dev, device_name, out, batch_size=32, warmup=10, repeats=
             want = "latency_ms" if what == "metric" else meta[what]
             raise UsageError(f"{out} holds a table with {what}={have}, not {want}; "
                              f"choose another --out or pass --force to overwrite it")
-        costs = {s: float(c) for s, c in old["costs"].items() if usable(c)}
+        costs = {s: float(c) for s, c in old["costs"].items()}  # load_table refused any but finite costs >= 0
     sigs = space_signatures(space)
     todo = sum(s not in costs for s in sigs)
     print(f"latency table of '{space.name}' at {space.input_size}px, M={space.connect}, batch {batch_size} "
@@ -225,12 +221,8 @@ def main():
     ap.add_argument("--lut", help="with --arch: the table that predicts it (default: measure its ops now)")
     ap.add_argument("--progress", type=float, default=5.0, help="seconds between progress lines (default 5)")
     args = ap.parse_args()
-    for name in ("batch_size", "repeats", "threads", "input_size", "in_channels", "num_classes"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-    if args.warmup < 0:
-        raise UsageError(f"--warmup must be at least 0, got {args.warmup}")
+    check_ranges(args, {"batch_size": (1, 4096, False), "repeats": (1, 10**5, False), "warmup": (0, 10**5, False),
+                        "threads": (1, 1024, False), "progress": (0, None, True)})
 
     if args.arch:
         given = [n for n in ("space", "out", "input_size", "in_channels", "num_classes", "connect")
@@ -257,6 +249,7 @@ def main():
         raise UsageError("--lut goes with --arch; to measure a table, name it with --out")
     if not args.out:
         raise UsageError("name the table to write with --out FILE (or compare a network with --arch FILE)")
+    output_file(args.out, "--out")
     space = get_space(args.space or "mbv2", args.input_size or 224, args.in_channels or 3,
                       args.num_classes or 1000, args.connect)
     dev, device_name = get_device(args.device, args.threads)

@@ -17,9 +17,11 @@ import torch
 import torch.nn as nn
 
 import runtime
-from cost import count_flops, save_json_atomic
+import cli
+from cli import ArgumentParser, UsageError, run_cli, save_json_atomic
+from cost import count_flops
 from data import load_data, make_loader
-from supernet import ArgumentParser, SPACES, UsageError, count_params, init_weights, make_op, run_cli
+from supernet import SPACES, count_params, init_weights, make_op
 from viterbi import arch_ops, arch_text, load_arch
 
 
@@ -77,6 +79,7 @@ def train_epoch(net, loader, opt, criterion, lr_at, step, device, autocast, bar)
         with autocast:
             logits = net(x)
         loss = criterion(logits.float(), y)
+        cli.stop_unless_finite(loss.item(), f"step {step + 1}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         runtime.average_gradients(net.parameters())
@@ -109,7 +112,7 @@ def retrain_worker(rank, world, device, args):
     ck_path = os.path.join(args.out, "checkpoint.pt")
     start, step, history = 0, 0, []
     if args.resume and os.path.exists(ck_path):
-        ck = runtime.load_checkpoint(ck_path)
+        ck = cli.load_checkpoint(ck_path)
         try:
             net.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
@@ -117,7 +120,8 @@ def retrain_worker(rank, world, device, args):
             raise UsageError(f"checkpoint does not match this network ({str(e).splitlines()[0]})") from None
         start, step, history = ck["epoch"], ck["step"], ck["history"]
         if main_rank:
-            print(f"resuming {args.out} at epoch {start + 1}/{args.epochs}", flush=True)
+            print(f"nothing to resume: {args.out} finished all {args.epochs} epochs" if start >= args.epochs
+                  else f"resuming {args.out} at epoch {start + 1}/{args.epochs}", flush=True)
     if main_rank:
         print(arch_text(arch))
         print(f"data {data.info}; {world} process(es) on {device}", flush=True)
@@ -136,11 +140,11 @@ def retrain_worker(rank, world, device, args):
         if main_rank:
             print(f"epoch {epoch + 1}/{args.epochs} {runtime.fmt_time(rec['seconds'])}: train loss "
                   f"{rec['train_loss']:.3f}, top-1 {top1:.2f}%, top-5 {top5:.2f}%", flush=True)
-            runtime.save_atomic({"config": retrain_config(args), "epoch": epoch + 1, "step": step,
+            cli.save_atomic({"config": retrain_config(args), "epoch": epoch + 1, "step": step,
                                  "history": history, "model": net.state_dict(), "opt": opt.state_dict()}, ck_path)
         runtime.barrier()
     if main_rank:
-        runtime.save_atomic(net.state_dict(), os.path.join(args.out, "model.pt"))
+        cli.save_atomic(net.state_dict(), os.path.join(args.out, "model.pt"))
         prof = profile(arch)
         last = history[-1] if history else {}
         report = {"arch": args.arch, "data": args.data, "epochs": args.epochs, "top1": last.get("top1"),
@@ -156,7 +160,7 @@ def retrain_worker(rank, world, device, args):
 
 
 def load_weights(path):
-    obj = runtime.load_checkpoint(path)
+    obj = cli.load_checkpoint(path, "weights")
     return obj["model"] if isinstance(obj, dict) and "model" in obj else obj
 
 
@@ -166,7 +170,7 @@ def retrain_config(args):
 
 def main(argv=None):
     ap = ArgumentParser(__doc__)
-    ap.add_argument("--arch", required=True, help="arch file (JSON) written by search.py or by hand")
+    ap.add_argument("--arch", help="arch file (JSON) written by search.py or by hand (needed unless --resume)")
     ap.add_argument("--profile", action="store_true", help="print params and FLOPs of the network and stop")
     ap.add_argument("--data", default="fashion-mnist",
                     help="fashion-mnist (default; evaluated on its 10k test set), fake, or an ImageFolder "
@@ -188,35 +192,49 @@ def main(argv=None):
     ap.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines (default 5)")
     runtime.add_device_args(ap)
     args = ap.parse_args(argv)
+    if args.resume:  # every setting comes back from the run in OUT; a flag may only agree with it
+        if not args.out:
+            raise UsageError("--resume needs --out RUN, the retraining to continue")
+        cli.restore_settings(args, ap.given(argv), args.out)
+    if not args.arch:
+        raise UsageError("--arch FILE is needed (an arch file written by search.py or by hand)")
+    cli.check_ranges(args, RANGES)
+    if args.lr_min > args.lr:
+        raise UsageError("need --lr-min <= --lr")
     arch = load_arch(args.arch)
     if args.profile:
         print(arch_text(arch))
         print(json.dumps(profile(arch)))
         return
     runtime.check_devices(args)
-    if args.batch_size < 1 or args.batch_size % (args.gpus or args.procs):
-        raise UsageError(f"--batch-size {args.batch_size} must be positive and divisible by the number of processes")
+    runtime.check_batch(args)
+    if args.eval and not args.weights:
+        raise UsageError("--eval needs --weights FILE")
     data = load_data(args.data, "retrain", args.seed, arch["input_size"], args.subset)
     for key, have in (("in_channels", data.in_channels), ("num_classes", data.num_classes)):
         if arch[key] != have:
             raise UsageError(f"the arch has {key}={arch[key]} but the data has {have}")
+    if not args.eval and len(data.train) < args.batch_size:
+        raise UsageError(f"--batch-size {args.batch_size} is larger than the training set ({len(data.train)} "
+                         "images); lower it or use more data")
     if args.eval:
-        if not args.weights:
-            raise UsageError("--eval needs --weights FILE")
         load_weights(args.weights)
     else:
         args.out = args.out or os.path.join("runs", "retrain-" + os.path.splitext(os.path.basename(args.arch))[0])
+        cli.check_folder(args.out, args.resume)
         ck_path = os.path.join(args.out, "checkpoint.pt")
-        if os.path.exists(ck_path) and not args.resume:
-            raise UsageError(f"{args.out} already holds a checkpoint; use --resume or another --out")
         if args.resume and os.path.exists(ck_path):
-            have, want = runtime.load_checkpoint(ck_path).get("config", {}), retrain_config(args)
-            diff = [k for k in want if want[k] != have.get(k)]
-            if diff:
-                raise UsageError(f"checkpoint in {args.out} was made with {diff[0]}={have.get(diff[0])!r}, "
-                                 f"this run has {want[diff[0]]!r}")
-        os.makedirs(args.out, exist_ok=True)
+            cli.same_config(cli.load_checkpoint(ck_path).get("config", {}), retrain_config(args), ck_path)
+        cli.claim_folder(args.out)
+        if not args.resume:
+            save_json_atomic(vars(args), os.path.join(args.out, cli.SETTINGS))
     runtime.launch(retrain_worker, args)
+
+
+RANGES = {"seed": (0, 2**32 - 1, False), "subset": (1, None, False), "epochs": (1, 100_000, False),
+          "batch_size": (1, 10**6, False), "lr": (0, 10, True), "lr_min": (0, 10, False),
+          "momentum": (0, 0.999, False), "weight_decay": (0, 1, False), "label_smoothing": (0, 0.99, False),
+          "log_every": (0, None, True), **runtime.DEVICE_RANGES}
 
 
 if __name__ == "__main__":

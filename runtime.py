@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from supernet import UsageError
+from cli import UsageError, die_with_parent
 
 # A super network runs hundreds of distinct convolution shapes (every candidate of every layer, forward and
 # backward), more than oneDNN's default cache of 1,024 compiled CPU kernels holds, so without this it rebuilds
@@ -39,9 +39,17 @@ def under_torchrun():
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
+DEVICE_RANGES = {"gpus": (0, 256, False), "procs": (1, 256, False), "workers": (0, 256, False)}
+
+
+def check_batch(args):
+    """The global batch is split evenly over the processes."""
+    if args.batch_size % (args.gpus or args.procs):
+        raise UsageError(f"--batch-size {args.batch_size} must be divisible by the number of processes "
+                         f"({args.gpus or args.procs})")
+
+
 def check_devices(args):
-    if args.gpus < 0 or args.procs < 1:
-        raise UsageError("--gpus must be >= 0 and --procs >= 1")
     if args.gpus and args.procs > 1:
         raise UsageError("--gpus and --procs exclude each other")
     if args.gpus and not under_torchrun():
@@ -75,11 +83,14 @@ def launch(worker, args):
 
 
 def _spawned(rank, world, args, worker, port):
+    die_with_parent()  # a worker never finishes a run on its own (nor writes beside a resumed one)
     try:
         _worker(rank, world, rank if args.gpus else None, args, worker, port)
     except UsageError as e:  # one line, as run_cli prints it; spawn then stops the other workers
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C reaches every process; the parent says it in one line
+        sys.exit(130)
 
 
 def _worker(rank, world, gpu, args, worker, port):
@@ -180,20 +191,6 @@ def batch_to(device, x, y):
     """A batch onto the device, images in channels-last (oneDNN's and cuDNN's convolutions are faster in it)."""
     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     return x, y.to(device, non_blocking=True)
-
-
-def save_atomic(obj, path):
-    """torch.save through a temp file and a rename: a crash never leaves half a checkpoint."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # any unreadable file is the user's problem to hear about, in one line
-        raise UsageError(f"checkpoint {path} cannot be read ({type(e).__name__}); it is corrupt or not a checkpoint") from None
 
 
 def cosine_lr(step, total, lr_max, lr_min):

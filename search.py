@@ -24,9 +24,11 @@ import torch.nn.functional as F
 
 import latency
 import runtime
-from cost import CostModel, arch_cost, check_table, flops_table, load_table, save_json_atomic
+import cli
+from cli import ArgumentParser, UsageError, run_cli, save_json_atomic
+from cost import CostModel, arch_cost, check_table, flops_table, load_table
 from data import load_data, make_loader
-from supernet import ArgumentParser, SPACES, SuperNet, UsageError, get_space, run_cli
+from supernet import SPACES, SuperNet, get_space
 from viterbi import arch_text, decisiveness, derive, derive_supernet, draw_run, save_arch_params
 
 # The paper's settings (supplement A.1, A.4; arXiv v1 for label smoothing); lambda and tau, which the paper does not
@@ -156,6 +158,7 @@ def weight_epoch(ctx, epoch):
             group["lr"] = runtime.cosine_lr(ctx.global_step, ctx.total_weight_steps, a.lr, a.lr_min)
         logits, loss = weight_step(net, ctx.w_opt, ctx.objective.criterion, x, y, sample_candidates(net, 1, g),
                                    ctx.autocast())
+        cli.stop_unless_finite(loss.item(), f"epoch {epoch + 1}, weight step {bar.step + 1}")
         runtime.broadcast_buffers(net)
         ctx.after_step()
         ctx.global_step += 1
@@ -177,6 +180,7 @@ def arch_epoch(ctx, epoch):
         x, y = ctx.to_device(x, y)
         logits, loss, cost = arch_step(net, ctx.a_opt, ctx.objective, x, y, sample_candidates(net, 2, g),
                                        ctx.autocast())
+        cli.stop_unless_finite(loss.item(), f"epoch {epoch + 1}, architecture step {bar.step + 1}")
         runtime.broadcast_buffers(net)
         ctx.after_step()
         bar.update(loss=loss.item(), acc=(logits.argmax(1) == y).float().mean().item() * 100, cost=cost.item())
@@ -309,8 +313,10 @@ def split_path(args):
 def run_config(args):
     """What a checkpoint must agree with to be resumed."""
     keys = ("space", "data", "input_size", "subset", "classes", "connect", "seed", "epochs", "warmup_epochs",
-            "batch_size", "cost", "estimator", "random", "target_flops")
-    return {k: getattr(args, k) for k in keys}
+            "batch_size", "cost", "lut", "estimator", "random", "target_flops", "lr", "lr_min", "momentum",
+            "weight_decay", "label_smoothing", "arch_lr", "arch_betas", "arch_weight_decay", "lam", "tau", "gpus",
+            "procs", "amp")
+    return {k: json.loads(json.dumps(getattr(args, k))) for k in keys}  # plain values, as args.json holds them
 
 
 def search_worker(rank, world, device, args):
@@ -318,9 +324,10 @@ def search_worker(rank, world, device, args):
     ck_path = os.path.join(args.out, CHECKPOINT)
     log_path = os.path.join(args.out, "search_log.jsonl")
     if args.resume and os.path.exists(ck_path):
-        ctx.load(runtime.load_checkpoint(ck_path))
+        ctx.load(cli.load_checkpoint(ck_path))
         if ctx.main:
-            print(f"resuming {args.out} at epoch {ctx.epoch + 1}/{args.epochs}", flush=True)
+            print(f"nothing to resume: {args.out} finished all {args.epochs} epochs" if ctx.epoch >= args.epochs
+                  else f"resuming {args.out} at epoch {ctx.epoch + 1}/{args.epochs}", flush=True)
     if ctx.main:
         print(f"search space '{args.space}': {len(ctx.space.blocks)} blocks, {len(ctx.space.edges)} connections, "
               f"{len(ctx.net.layers)} mixed layers; data {ctx.data.info}; {world} process(es) on {device}; "
@@ -348,7 +355,7 @@ def search_worker(rank, world, device, args):
         ctx.epoch = epoch + 1
         if ctx.main:
             end_of_epoch(ctx, rec, time.time() - t0, log_path)
-            runtime.save_atomic(ctx.state(), ck_path)
+            cli.save_atomic(ctx.state(), ck_path)
         runtime.barrier()
     if args.check_sync and ctx.main:
         print(f"check-sync: all {world} ranks held identical weights, alpha and beta after each of "
@@ -576,6 +583,9 @@ def parse_args(argv=None):
     h.add_argument("--tau", type=float, help=default_help("tau", "tau of Eq. 8 (cost in ms or MFLOPs)"))
     runtime.add_device_args(ap)
     args = ap.parse_args(argv)
+    if args.resume:  # every setting comes back from the run in OUT; a flag may only agree with it
+        args.out = args.out or default_out(args)
+        cli.restore_settings(args, ap.given(argv), args.out)
     if args.random is not None:
         if args.random < 1 or not args.target_flops:
             raise UsageError("--random K needs K >= 1 and --target-flops F (e.g. --random 15 --target-flops 361M)")
@@ -587,7 +597,7 @@ def parse_args(argv=None):
         raise UsageError("--target-flops goes with --random K")
     for k, v in PRESETS.get(args.preset, {}).items():
         if getattr(args, k) is None:
-            setattr(args, k, v + "-random" if k == "out" and args.random else v)
+            setattr(args, k, default_out(args) if k == "out" else v)
     args.space, args.data = args.space or "mbv2", args.data or "fashion-mnist"
     if args.space not in DEFAULTS:
         raise UsageError(f"unknown space '{args.space}' (known: {', '.join(SPACES)})")
@@ -599,14 +609,31 @@ def parse_args(argv=None):
             else "flops"
     if args.cost == "flops" and args.lut:
         raise UsageError("--lut is a latency table; drop it or use --cost latency")
-    if args.epochs < 1 or not 0 <= args.warmup_epochs <= args.epochs:
-        raise UsageError("need --epochs >= 1 and 0 <= --warmup-epochs <= --epochs")
-    if args.batch_size < 1 or args.batch_size % (args.gpus or args.procs):
-        raise UsageError(f"--batch-size {args.batch_size} must be positive and divisible by the number of processes")
+    cli.check_ranges(args, RANGES)
+    if args.warmup_epochs > args.epochs or args.lr_min > args.lr:
+        raise UsageError("need --warmup-epochs <= --epochs and --lr-min <= --lr")
+    runtime.check_batch(args)
     if args.eval_from is None:
         args.eval_from = args.warmup_epochs + 1
-    args.out = args.out or os.path.join("runs", f"{'random' if args.random else 'search'}-{args.space}")
+    args.out = args.out or default_out(args)
     return args
+
+
+# what each number may be (low, high, low excluded); checked before any work
+RANGES = {"seed": (0, 2**32 - 1, False), "input_size": (8, 1024, False), "subset": (1, None, False),
+          "classes": (2, 100_000, False), "connect": (1, 64, False), "eval_from": (1, None, False),
+          "log_every": (0, None, True), "random": (1, 10_000, False), "target_flops": (0, 1e13, True),
+          "epochs": (1, 100_000, False), "warmup_epochs": (0, None, False), "batch_size": (1, 10**6, False),
+          "lr": (0, 10, True), "lr_min": (0, 10, False), "momentum": (0, 0.999, False),
+          "weight_decay": (0, 1, False), "label_smoothing": (0, 0.99, False), "arch_lr": (0, 1, True),
+          "arch_betas": (0, 0.9999, False), "arch_weight_decay": (0, 1, False), "lam": (0, 100, False),
+          "tau": (1, 1e12, True), **runtime.DEVICE_RANGES}
+
+
+def default_out(args):
+    if args.preset:
+        return PRESETS[args.preset]["out"] + ("-random" if args.random else "")
+    return os.path.join("runs", f"{'random' if args.random else 'search'}-{args.space or 'mbv2'}")
 
 
 def parse_flops(text):
@@ -632,14 +659,8 @@ def load_random_state(path):
 def check_run(args):
     """Everything that can be refused is refused here, before anything is written to OUT."""
     runtime.check_devices(args)
-    ck_path, other = (os.path.join(args.out, f) for f in ((RANDOM_STATE, CHECKPOINT) if args.random
-                                                           else (CHECKPOINT, RANDOM_STATE)))
-    if os.path.exists(other):
-        raise UsageError(f"{args.out} holds a {'search' if args.random else 'random search'}; "
-                         "use --out to start elsewhere")
-    if os.path.exists(ck_path) and not args.resume:
-        raise UsageError(f"{args.out} already holds a search checkpoint; use --resume to continue it "
-                         "or --out to start elsewhere")
+    cli.check_folder(args.out, args.resume)
+    ck_path = os.path.join(args.out, RANDOM_STATE if args.random else CHECKPOINT)
     data = load_data(args.data, "search", args.seed, args.input_size, args.subset, args.classes,
                      split_file=None)
     for split in ("train", "val"):
@@ -654,22 +675,18 @@ def check_run(args):
     if args.random:
         draw_in_window(space, flops_table(space), args.random, args.target_flops, torch.Generator().manual_seed(args.seed))
     if args.resume and os.path.exists(ck_path):
-        ck = load_random_state(ck_path) if args.random else runtime.load_checkpoint(ck_path)
+        ck = load_random_state(ck_path) if args.random else cli.load_checkpoint(ck_path)
         if not isinstance(ck, dict) or "config" not in ck:
             raise UsageError(f"{ck_path} is not a search checkpoint")
-        want, have = run_config(args), ck["config"]
-        diff = [k for k in want if want[k] != have.get(k)]
-        if diff:
-            k = diff[0]
-            raise UsageError(f"checkpoint in {args.out} was made with {k}={have.get(k)!r}, this run has {want[k]!r}")
+        cli.same_config(ck["config"], run_config(args), ck_path)
 
 
 def main(argv=None):
     args = parse_args(argv)
     check_run(args)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "args.json"), "w") as f:
-        json.dump(vars(args), f, indent=1)
+    cli.claim_folder(args.out)
+    if not args.resume:  # the record of the run: --resume restores it, and never rewrites it
+        save_json_atomic(vars(args), os.path.join(args.out, cli.SETTINGS))
     runtime.launch(random_search_worker if args.random else search_worker, args)
     if args.preset:
         walkthrough_end(args)
@@ -703,7 +720,7 @@ def walkthrough_end(args):
     """--preset: retrain the derived network, evaluate it on the test set, and sum up."""
     import retrain
     arch_path, out = os.path.join(args.out, "arch.json"), os.path.join(args.out, "retrain")
-    resume = ["--resume"] if os.path.exists(os.path.join(out, "checkpoint.pt")) else []
+    resume = ["--resume"] if os.path.exists(os.path.join(out, cli.SETTINGS)) else []
     print(f"\n== retraining the derived network ({' '.join(RETRAIN_PRESETS[args.preset])}) ==", flush=True)
     retrain.main(["--arch", arch_path, "--data", args.data, "--out", out, "--seed", str(args.seed),
                   "--log-every", str(args.log_every)] + RETRAIN_PRESETS[args.preset] + resume)

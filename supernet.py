@@ -7,7 +7,6 @@ gives it; `mini` for the laptop walkthrough, `toy` for tests).
 
     python supernet.py --space mbv2 --describe [--input-size N] [--num-classes K] [--connect M]
 """
-import argparse
 import json
 import math
 import os
@@ -18,32 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-class UsageError(ValueError):
-    """Bad input from the user: the CLIs print it as one line and exit with code 2."""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with a usage error printed as one line (exit code 2) instead of the whole usage block."""
-
-    def __init__(self, description=None, **kw):
-        super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
-
-    def error(self, message):
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def run_cli(main):
-    """Run a CLI entry point; a UsageError becomes one line on stderr and exit code 2."""
-    try:
-        main()
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+from cli import ArgumentParser, UsageError, run_cli
 
 
 # ----------------------------------------------------------------------------------------
@@ -432,6 +406,12 @@ MINI = SpaceDef(
 SPACES = {s.name: s for s in (MBV2, RESNET, MINI, TOY)}
 
 
+# what a space can be built for: beyond these a super network would need hundreds of GB (input size, classes)
+# or is no network at all; arch files are held to the same limits and a width limit (viterbi.check_arch)
+LIMITS = {"connect": (1, 64), "input_size": (8, 1024), "in_channels": (1, 64), "num_classes": (2, 100_000),
+          "width": (1, 16_384)}
+
+
 def halve(r, times):
     """Spatial size after `times` stride-2 convs with padding k//2: ceil(r/2) each time."""
     for _ in range(times):
@@ -455,12 +435,12 @@ class Space:
     def __post_init__(self):
         d = self.defn
         self.connect = d.connect if self.connect is None else self.connect
-        if self.connect < 1:
-            raise UsageError(f"the connection number M must be at least 1, got {self.connect}")
-        if self.input_size < 8:
-            raise UsageError(f"input size {self.input_size} is too small (at least 8)")
-        if self.in_channels < 1 or self.num_classes < 2:
-            raise UsageError(f"need at least 1 input channel and 2 classes, got {self.in_channels} and {self.num_classes}")
+        for what, value, (low, high) in (("connection number M", self.connect, LIMITS["connect"]),
+                                         ("input size", self.input_size, LIMITS["input_size"]),
+                                         ("input channels", self.in_channels, LIMITS["in_channels"]),
+                                         ("class count", self.num_classes, LIMITS["num_classes"])):
+            if not low <= value <= high:
+                raise UsageError(f"the {what} must be between {low} and {high}, got {value}")
         # at 224 the stem halves the input (the paper's resolutions); under 64 px it keeps it (CIFAR)
         self.stem_stride = 2 if self.input_size >= 64 else 1
         r0 = halve(self.input_size, self.stem_stride - 1)

@@ -20,12 +20,14 @@ import time
 
 import torch
 
+import cli
 import retrain
 import runtime
 import search
-from cost import flops_table, save_json_atomic
+from cli import ArgumentParser, UsageError, run_cli, save_json_atomic
+from cost import flops_table
 from draw import scatter_svg
-from supernet import ArgumentParser, UsageError, get_space, run_cli
+from supernet import get_space
 from viterbi import load_arch, write_text
 
 PRESET = "laptop"
@@ -43,7 +45,7 @@ def run_search(seed, out, log_every):
                 raise UsageError(f"{folder} was searched with {k}={have.get(k)!r}, the preset has {v!r}; "
                                  "move it away or use another --out")
     if not os.path.exists(summary):
-        resume = ["--resume"] if os.path.exists(os.path.join(folder, search.CHECKPOINT)) else []
+        resume = ["--resume"] if os.path.exists(os.path.join(folder, cli.SETTINGS)) else []
         search.main(["--preset", PRESET, "--seed", str(seed), "--out", folder, "--log-every", str(log_every)] + resume)
     with open(summary) as f:
         return folder, json.load(f)
@@ -57,7 +59,7 @@ def run_random(seed, k, arch, out, log_every):
         os.makedirs(folder, exist_ok=True)
         arch_path = os.path.join(folder, "arch.json")
         save_json_atomic(arch, arch_path)
-        resume = ["--resume"] if os.path.exists(os.path.join(folder, "retrain", "checkpoint.pt")) else []
+        resume = ["--resume"] if os.path.exists(os.path.join(folder, "retrain", cli.SETTINGS)) else []
         print(f"\n== seed {seed}: retraining random architecture {k + 1} ({arch_path}) ==", flush=True)
         retrain.main(["--arch", arch_path, "--data", search.PRESETS[PRESET]["data"],
                       "--out", os.path.join(folder, "retrain"),
@@ -78,11 +80,12 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join("runs", "table1"), help="output folder (default runs/table1)")
     ap.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines (default 30)")
     args = ap.parse_args(argv)
-    if args.random < 1 or any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
-        raise UsageError("need --random R >= 1 and distinct seeds >= 0")
+    cli.check_ranges(args, {"random": (1, 1000, False), "seeds": (0, 2**32 - 1, False), "log_every": (0, None, True)})
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UsageError("the --seeds must be distinct")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out} is a file, not a folder")
-    os.makedirs(args.out, exist_ok=True)
+    cli.claim_folder(args.out)  # the study resumes in its folder, one live run at a time
     t0 = time.time()
     rows, skipped = [], []
     for seed in args.seeds:

@@ -17,7 +17,9 @@ Channels are tensor widths. `head` is the block's first operation (its shape-ali
 import json
 import os
 
-from supernet import ArgumentParser, OPS, SPACES, UsageError, get_space, halve, run_cli, signature
+from cli import (ArgumentParser, UsageError, check_ranges, output_file, read_json, run_cli, save_json_atomic,
+                 write_atomic)
+from supernet import LIMITS, OPS, SPACES, get_space, halve, signature
 
 
 def viterbi(p, n):
@@ -104,12 +106,13 @@ def check_arch(arch):
     if need(arch, "space", str, "top level") not in SPACES:
         raise UsageError(f"arch file: unknown space '{arch['space']}' (known: {', '.join(SPACES)})")
     for key in ("input_size", "in_channels", "num_classes"):
-        if need(arch, key, int, "top level") < 1:
-            raise UsageError(f"arch file: {key} must be positive")
+        low, high = LIMITS[key]
+        if not low <= need(arch, key, int, "top level") <= high:
+            raise UsageError(f"arch file: {key} must be between {low} and {high}, got {arch[key]}")
     stem = need(arch, "stem", dict, "top level")
     c = need(stem, "out", int, "stem")
-    if c < 1:
-        raise UsageError("arch file: stem.out must be positive")
+    if not 1 <= c <= LIMITS["width"][1]:
+        raise UsageError(f"arch file: stem.out must be between 1 and {LIMITS['width'][1]}")
     if need(stem, "stride", int, "stem") not in (1, 2):
         raise UsageError(f"arch file: stem stride must be 1 or 2, got {stem['stride']}")
     for k, b in enumerate(need(arch, "blocks", list, "top level")):
@@ -127,12 +130,12 @@ def check_arch(arch):
             raise UsageError(f"arch file: {where} has a skip head that changes shape")
         if any(o == "bottleneck" for o in ops) and c % 4:
             raise UsageError(f"arch file: {where} uses bottleneck with width {c}, not a multiple of 4")
-        if c < 1:
-            raise UsageError(f"arch file: {where} has non-positive width")
+        if not LIMITS["width"][0] <= c <= LIMITS["width"][1]:
+            raise UsageError(f"arch file: {where} has width {c} (must be between 1 and {LIMITS['width'][1]})")
     if "last" not in arch:
         raise UsageError("arch file: top level is missing 'last'")
-    if arch["last"] is not None and need(arch["last"], "out", int, "last") < 1:
-        raise UsageError("arch file: last.out must be positive")
+    if arch["last"] is not None and not 1 <= need(arch["last"], "out", int, "last") <= LIMITS["width"][1]:
+        raise UsageError(f"arch file: last.out must be between 1 and {LIMITS['width'][1]}")
 
 
 def arch_ops(arch):
@@ -161,15 +164,7 @@ def arch_signatures(arch):
 
 
 def load_arch(path):
-    try:
-        with open(path) as f:
-            arch = json.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"arch file {path} does not exist") from None
-    except OSError as e:
-        raise UsageError(f"arch file {path} cannot be read ({e.strerror})") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UsageError(f"arch file {path} is not valid JSON ({e})") from None
+    arch = read_json(path, "arch file")
     if not isinstance(arch, dict):
         raise UsageError(f"arch file {path} does not hold a JSON object")
     check_arch(arch)
@@ -191,21 +186,17 @@ def arch_text(arch):
 
 def save_arch_params(space, alphas, p, path):
     """alpha and p of a search, with what rebuilds its space: what `--run` draws the super network from."""
-    from cost import save_json_atomic  # cost.py imports this module, so import it late
     save_json_atomic({"space": space.name, "input_size": space.input_size, "in_channels": space.in_channels,
                       "num_classes": space.num_classes, "connect": space.connect,
                       "alphas": [[float(v) for v in a] for a in alphas], "p": [float(v) for v in p]}, path)
 
 
 def load_arch_params(path):
+    d = read_json(path, "arch params (search.py writes them after every epoch)")
     try:
-        with open(path) as f:
-            d = json.load(f)
         space = get_space(d["space"], d["input_size"], d["in_channels"], d["num_classes"], d["connect"])
         alphas, p = d["alphas"], d["p"]
-    except FileNotFoundError:
-        raise UsageError(f"{path} does not exist (search.py writes it after every epoch)") from None
-    except (ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         raise UsageError(f"{path} is not an arch_params.json written by search.py") from None
     if len(alphas) != len(space.slots) or len(p) != len(space.edges):
         raise UsageError(f"{path} does not match its space '{space.name}'")
@@ -213,9 +204,10 @@ def load_arch_params(path):
 
 
 def write_text(text, path):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    write_atomic(path, write)
 
 
 def draw_run(folder):
@@ -240,7 +232,13 @@ def main():
     ap.add_argument("--svg", help="draw the architecture (Fig. 4 style) to this SVG file")
     ap.add_argument("--supernet-svg", help="draw the super network with p and the Viterbi path (not with --arch)")
     args = ap.parse_args()
-    from cost import op_flops, random_arch_params, save_json_atomic  # late: cost.py imports this module
+    check_ranges(args, {"seed": (0, 2**32 - 1, False)})
+    for path, what in ((args.out, "--out"), (args.svg, "--svg"), (args.supernet_svg, "--supernet-svg")):
+        if path:
+            output_file(path, what)
+    if args.run and not os.path.isdir(args.run):
+        raise UsageError(f"--run {args.run} is not a folder")
+    from cost import op_flops, random_arch_params  # late: cost.py imports this module
     space = None
     if args.run:
         arch = draw_run(args.run)

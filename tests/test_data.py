@@ -11,7 +11,7 @@ from PIL import Image
 
 import data
 from data import FileData, TensorData, load_data, make_loader
-from supernet import UsageError, run_cli
+from cli import UsageError, run_cli
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT
-from cost import arch_cost, load_table, save_json_atomic
+from cli import save_json_atomic
+from cost import arch_cost, load_table
 from supernet import get_space
 from viterbi import derive
 

@@ -19,12 +19,13 @@ from PIL import Image
 
 from conftest import ROOT
 from test_data import make_folder
-from cost import CostModel, arch_cost, flops_table, save_json_atomic
+from cli import run_cli, save_json_atomic
+from cost import CostModel, arch_cost, flops_table
 from retrain import profile
 import search
 from search import rebias, sample_candidates
 import supernet
-from supernet import BasicLayer, get_space, run_cli
+from supernet import BasicLayer, get_space
 
 TOY = ["search.py", "--space", "toy", "--data", "fake", "--subset", "64", "--batch-size", "32",
        "--input-size", "16", "--log-every", "100"]
@@ -203,12 +204,12 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys):
         "data": (toy(data=str(tmp_path / "missing")), fresh, "missing"),
         "one_class": (toy(data=str(one_class)), fresh, "class"),
         "corrupt": (TOY + ["--resume"], corrupt, "corrupt"),
-        "mismatch": (toy(input_size="20") + ["--resume"], done, "input_size=16"),
+        "mismatch": (toy(input_size="20") + ["--resume"], done, "has --input-size 16"),
         "exists": (TOY, done, "--resume"),
         "lut": (TOY + ["--cost", "latency", "--lut", str(lut)], fresh, "input_size=28"),
         "gpus": (TOY + ["--gpus", "1"], fresh, "--gpus 1"),
         "flag": (TOY + ["--no-such-flag"], fresh, "--no-such-flag"),
-        "random_into_search": (TOY + ["--random", "2", "--target-flops", "0.8M"], done, "holds a search"),
+        "random_into_search": (TOY + ["--random", "2", "--target-flops", "0.8M"], done, "already holds"),
         "random_no_target": (TOY + ["--random", "2"], fresh, "--target-flops"),
     }
     for name, (argv, out, says) in cases.items():

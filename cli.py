@@ -1,0 +1,264 @@
+"""What every program shares at its edges, so that each refuses bad input the same way.
+
+This file exists so that the search space, the cost model and the programs do not each carry their own
+error handling: a refusal is one line and exit code 2 (UsageError, ArgumentParser, run_cli); numbers are
+checked for range and finiteness before any work (check_range); a file given by the user is read only if
+it is a regular file, and a checkpoint only as tensors and plain values (read_json, load_checkpoint); every
+file is written through a temp file and a rename (save_json_atomic, save_atomic); and a run folder belongs
+to one live run (claim_folder). Ctrl-C ends a program with one line and exit code 130.
+"""
+import argparse
+import ctypes
+import fcntl
+import json
+import math
+import os
+import pickle
+import re
+import signal
+import stat
+import sys
+
+import torch
+
+
+class UsageError(ValueError):
+    """Bad input from the user: the programs print it as one line and exit with code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error printed as one line (exit code 2) instead of the whole usage block."""
+
+    def __init__(self, description=None, **kw):
+        super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+    def given(self, argv=None):
+        """The destinations of the flags written on the command line (not their defaults)."""
+        quiet = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+        for a in self._actions:
+            if isinstance(a, argparse._StoreTrueAction):
+                quiet.add_argument(*a.option_strings, dest=a.dest, action="store_true")
+            elif a.option_strings and not isinstance(a, argparse._HelpAction):
+                quiet.add_argument(*a.option_strings, dest=a.dest, nargs=a.nargs)
+        known, _ = quiet.parse_known_args(argv)
+        return set(vars(known))
+
+
+def run_cli(main):
+    """Run a program: a UsageError is one line and exit 2; Ctrl-C one line and exit 130; a failed write (a
+    full disk, a lost folder) one line and exit 1."""
+    try:
+        main()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: what was saved is kept (a run continues with --resume)", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as e:
+        print(f"error: {e.strerror or e} ({e.filename or 'a file'}); nothing half-written was kept", file=sys.stderr)
+        sys.exit(1)
+
+
+# ----------------------------------------------------------------------------------------
+# Numbers
+
+def check_range(flag, value, low=None, high=None, low_open=False, integer=False):
+    """Refuse a value that is not finite or lies outside [low, high] (low excluded with low_open)."""
+    if value is None:
+        return
+    bad = isinstance(value, float) and not math.isfinite(value)
+    bad = bad or (low is not None and (value <= low if low_open else value < low))
+    bad = bad or (high is not None and value > high)
+    if bad:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f"<= {high}"
+        raise UsageError(f"{flag} must be {'an integer' if integer else 'a finite number'} "
+                         f"{' and '.join(x for x in (lo, hi) if x)}, got {value}")
+
+
+def check_ranges(args, rules):
+    """check_range for every rule {dest: (low, high, low_open)} on args (flags named after their dest)."""
+    for dest, (low, high, low_open) in rules.items():
+        v = getattr(args, dest, None)
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            check_range("--" + dest.replace("_", "-"), x, low, high, low_open, isinstance(x, int))
+
+
+# ----------------------------------------------------------------------------------------
+# Reading what the user gives
+
+def regular_file(path, what):
+    """Refuse a path that does not exist or is not a regular file (a folder, a named pipe, a device)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise UsageError(f"{what} {path} cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{what} {path} is not a regular file")
+
+
+def read_json(path, what):
+    """The JSON object in a regular file, or one line saying what is wrong with it."""
+    regular_file(path, what)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{what} {path} is not valid JSON ({type(e).__name__})") from None
+
+
+def load_checkpoint(path, what="checkpoint"):
+    """torch.load of tensors and plain values only (weights_only=True): a file that holds anything else could
+    run code when unpickled, so it is refused, as is a file that is not a checkpoint."""
+    regular_file(path, what)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UsageError(f"{what} {path} holds objects other than tensors and plain values; refused, as loading "
+                         "it could run code") from None
+    except Exception as e:  # any unreadable file is the user's problem to hear about, in one line
+        raise UsageError(f"{what} {path} cannot be read ({type(e).__name__}); it is corrupt or not a "
+                         f"{what}") from None
+
+
+# ----------------------------------------------------------------------------------------
+# Writing
+
+def output_file(path, what):
+    """Refuse an output path onto a folder or a special file, or into a folder that is missing or read-only."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{what} {path} is a folder, not a file")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UsageError(f"{what} {path} is not a regular file")
+    if not os.path.isdir(folder):
+        raise UsageError(f"{what} {path}: its folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{what} {path}: its folder {folder} is not writable")
+
+
+def write_atomic(path, write):
+    """write(tmp) then a rename onto path: a crash never leaves half a file, and a failed write leaves no temp."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_json_atomic(obj, path, indent=1):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=indent)
+    write_atomic(path, write)
+
+
+def save_atomic(obj, path):
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+# ----------------------------------------------------------------------------------------
+# The run folder: one live run at a time
+
+SETTINGS = "args.json"  # a run's settings, written when it starts; --resume restores them
+LOCK = ".lock"
+_held = {}  # folder -> its open lock file: the lock lasts as long as this process
+
+
+def stale_temp(name):
+    return re.search(r"\.tmp\d+$", name) is not None
+
+
+def check_folder(out, resume):
+    """Before anything is written: OUT must be a folder (or not exist yet); a new run needs it empty (a folder
+    holding anything, a finished run or someone's files, is not overwritten); --resume needs the run's
+    settings there."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} is a file, not a folder")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.exists(out) and not os.access(parent if os.path.isdir(parent) else "/", os.W_OK):
+        raise UsageError(f"--out {out} cannot be created (its parent is missing or not writable)")
+    if os.path.isdir(out) and not os.access(out, os.W_OK):
+        raise UsageError(f"--out {out} is not writable")
+    held = sorted(n for n in os.listdir(out) if n != LOCK and not stale_temp(n)) if os.path.isdir(out) else []
+    if resume and SETTINGS not in held:
+        raise UsageError(f"nothing to resume in {out}: it holds no {SETTINGS} of a run (start one without --resume)")
+    if not resume and held:
+        raise UsageError(f"{out} already holds {', '.join(held[:3])}{' ...' if len(held) > 3 else ''}; continue "
+                         "its run with --resume, or start this one elsewhere with --out")
+
+
+def claim_folder(out):
+    """Create OUT, take its lock (released when this process ends, however it ends), and remove temp files
+    that a killed save left behind. A second live run into OUT is refused."""
+    os.makedirs(out, exist_ok=True)
+    key = os.path.realpath(out)
+    if key in _held:  # this process holds it already (one program calling another's main, as tests do)
+        return
+    f = open(os.path.join(out, LOCK), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        raise UsageError(f"another run ({f.read().strip() or 'a live process'}) is using {out}") from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    _held[key] = f
+    for name in os.listdir(out):
+        if stale_temp(name):
+            os.remove(os.path.join(out, name))
+
+
+def restore_settings(args, given, out, changeable=("resume", "out", "log_every", "workers", "check_sync")):
+    """--resume: every setting of the run in OUT comes back from its args.json; a flag on the command line
+    that contradicts it is refused (the ones in `changeable` only steer this process)."""
+    if not os.path.isfile(os.path.join(out, SETTINGS)):
+        raise UsageError(f"nothing to resume in {out}: it holds no {SETTINGS} of a run (start one without --resume)")
+    saved = read_json(os.path.join(out, SETTINGS), "run settings")
+    for key, value in saved.items():
+        if key in changeable or not hasattr(args, key):
+            continue
+        mine = json.loads(json.dumps(getattr(args, key)))
+        if key in given and mine != value:
+            raise UsageError(f"the run in {out} has --{key.replace('_', '-')} {value}, this command says {mine}; "
+                             "drop the flag to resume it")
+        setattr(args, key, value)
+
+
+def same_config(have, want, path):
+    """Refuse a checkpoint whose settings differ from the run's (it belongs to another run)."""
+    diff = [k for k in want if want[k] != have.get(k)]
+    if diff:
+        k = diff[0]
+        raise UsageError(f"{path} was made with {k}={have.get(k)!r}, this run has {want[k]!r}")
+
+
+def stop_unless_finite(loss, where):
+    """A loss that is NaN or infinite ends the run in one line; the checkpoint of the last good epoch is kept."""
+    if not math.isfinite(loss):
+        raise UsageError(f"the loss became {loss} at {where}; stopped, keeping the last checkpoint (a lower --lr "
+                         "may help)")
+
+
+def die_with_parent():
+    """Linux: this process gets SIGKILL when its parent dies, so no worker finishes a run on its own."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call
+        os._exit(1)
