@@ -315,9 +315,10 @@ def main(argv=None):
                    help="its per-GPU batch (default 128, the paper's 1024 over 8 GPUs)")
     args = ap.parse_args(argv)
     check = args.gpu_check
-    args.device = args.device or ("cuda" if check else "cpu")
-    args.input_size = args.input_size or (224 if check else 64)
-    args.batch_size = args.batch_size or (88 if check else 32)
+    for key, value in (("device", "cuda" if check else "cpu"), ("input_size", 224 if check else 64),
+                       ("batch_size", 88 if check else 32)):
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     args.amp = args.amp or check
     check_ranges(args, {"batch_size": (1, 4096, False), "steps": (1, 10**5, False), "threads": (1, 1024, False),
                         "mem_steps": (1, None, False), "search_steps": (1, 10**6, False), "warmup": (0, 10**5, False),

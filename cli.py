@@ -213,7 +213,9 @@ def claim_folder(out):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.seek(0)
-        raise UsageError(f"another run ({f.read().strip() or 'a live process'}) is using {out}") from None
+        holder = f.read().strip() or "a live process"
+        f.close()
+        raise UsageError(f"another run ({holder}) is using {out}") from None
     f.truncate(0)
     f.write(f"pid {os.getpid()}")
     f.flush()

@@ -79,6 +79,8 @@ def launch(worker, args):
     try:
         mp.spawn(_spawned, args=(world, args, worker, port), nprocs=world, join=True)
     except mp.ProcessExitedException as e:  # a worker refused (its one line is printed) or was killed
+        if e.exit_code == 130:
+            raise KeyboardInterrupt from None  # Ctrl-C: run_cli says it in one line
         sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
 
 

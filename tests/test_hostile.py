@@ -1,0 +1,296 @@
+"""Hostile input, interrupts and concurrent runs, across every program (a table of cases).
+
+Each case is a command line, what it must do (exit code and a phrase of its one-line message, or a good
+behaviour), and a check that nothing already written changed: a snapshot of every file the cases can reach
+(finished runs, tables, arch files) is taken before and compared after. Most cases run in this process
+(the programs' main functions under cli.run_cli, as their command lines run them); interrupts, kills and a
+second live run use real processes.
+"""
+import hashlib
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import cli
+import search
+from conftest import ROOT
+from test_data import make_folder
+
+TOY = ["--space", "toy", "--data", "fake", "--subset", "64", "--batch-size", "32", "--input-size", "16",
+       "--log-every", "100"]
+RETRAIN = ["--data", "fake", "--subset", "64", "--batch-size", "32", "--log-every", "100"]
+
+
+class Payload:
+    """A pickle that runs a command when loaded without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def snapshot(root):
+    """Every file under root (lock files aside) -> a hash of its content."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(dirpath, f)
+            if f != cli.LOCK and os.path.isfile(path):
+                with open(path, "rb") as fh:
+                    out[os.path.relpath(path, root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def invoke(script, argv):
+    """A program as its command line runs it, in this process: (exit code, stdout, stderr) via capfd."""
+    module = importlib.import_module(script[:-3])
+    old = sys.argv
+    sys.argv = [script] + argv
+    try:
+        cli.run_cli(lambda: module.main())
+        return 0
+    except SystemExit as e:
+        return e.code
+    finally:
+        sys.argv = old
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """What the cases must not damage: a finished search and retraining, a latency table, bad files."""
+    w = tmp_path_factory.mktemp("world")
+    search.main(TOY + ["--epochs", "1", "--warmup-epochs", "1", "--out", str(w / "done")])
+    arch = str(w / "done" / "arch.json")
+    import retrain
+    retrain.main(["--arch", arch, "--epochs", "1", "--out", str(w / "retrained")] + RETRAIN)
+    import latency
+    dev, name = latency.get_device("cpu")
+    from supernet import get_space
+    latency.build_table(get_space("toy", 16, 3, 10), dev, name, str(w / "lut.json"), batch_size=2, warmup=0,
+                        repeats=1)
+    good = json.load(open(w / "lut.json"))
+    first = sorted(good["costs"])[0]
+    for name, value in (("negative", -6.0), ("nan", float("nan")), ("text", "fast")):
+        json.dump(dict(good, costs=dict(good["costs"], **{first: value})), open(w / f"lut_{name}.json", "w"))
+    os.mkfifo(w / "fifo.json")
+    (w / "a_file").write_text("not a folder")
+    (w / "hand").mkdir()
+    (w / "hand" / "arch.json").write_text(open(arch).read())
+    wide = json.load(open(arch))
+    wide["blocks"][-1]["out"] = 10**7
+    json.dump(wide, open(w / "wide.json", "w"))
+    torch.save({"model": Payload(w / "pwned")}, w / "payload.pt")
+    (w / "with_payload").mkdir()
+    for f in os.listdir(w / "done"):
+        if os.path.isfile(w / "done" / f) and f != cli.LOCK:
+            (w / "with_payload" / f).write_bytes((w / "done" / f).read_bytes())
+    torch.save({"config": {}, "model": Payload(w / "pwned")}, w / "with_payload" / "checkpoint.pt")
+    folder = make_folder(w / "imgs", classes=3, per_class=20)
+    with open(os.path.join(folder, "train", "n01", "broken.JPEG"), "wb") as f:
+        f.write(b"\xff\xd8 this is not a JPEG")
+    return w
+
+
+def cases(w):
+    """(name, script, argv, exit code, phrase of the one-line message)."""
+    done, arch, lut = str(w / "done"), str(w / "done" / "arch.json"), str(w / "lut.json")
+    new = str(w / "new")
+    s, r = ("search.py", TOY + ["--out", new]), ("retrain.py", ["--arch", arch, "--out", new] + RETRAIN)
+    return [
+        # 4: numbers, checked before any work
+        ("lr nan", *s[:1], s[1] + ["--lr", "nan"], 2, "--lr must be"),
+        ("lr negative", *s[:1], s[1] + ["--lr", "-1"], 2, "--lr must be"),
+        ("lam negative", *s[:1], s[1] + ["--lam", "-1"], 2, "--lam must be"),
+        ("tau 1", *s[:1], s[1] + ["--tau", "1"], 2, "--tau must be"),
+        ("tau 0", *s[:1], s[1] + ["--tau", "0"], 2, "--tau must be"),
+        ("arch betas", *s[:1], s[1] + ["--arch-betas", "1.5", "0.9"], 2, "--arch-betas must be"),
+        ("label smoothing", *s[:1], s[1] + ["--label-smoothing", "2"], 2, "--label-smoothing must be"),
+        ("huge seed", *s[:1], s[1] + ["--seed", str(2**70)], 2, "--seed must be"),
+        ("procs 0", *s[:1], s[1] + ["--procs", "0"], 2, "--procs must be"),
+        ("batch over data", "search.py", TOY[:6] + ["--batch-size", "4096"] + TOY[8:] + ["--out", new], 2,
+         "larger than"),
+        ("epochs 0", *s[:1], s[1] + ["--epochs", "0"], 2, "--epochs must be"),
+        ("warm-up over epochs", *s[:1], s[1] + ["--epochs", "2", "--warmup-epochs", "5"], 2, "--warmup-epochs"),
+        ("momentum", *s[:1], s[1] + ["--momentum", "1.5"], 2, "--momentum must be"),
+        ("huge input", *s[:1], s[1] + ["--input-size", "100000"], 2, "--input-size must be"),
+        ("classes 1", *s[:1], s[1] + ["--classes", "1"], 2, "--classes must be"),
+        ("log every 0", *s[:1], s[1] + ["--log-every", "0"], 2, "--log-every must be"),
+        ("retrain epochs 0", *r[:1], r[1] + ["--epochs", "0"], 2, "--epochs must be"),
+        ("retrain lr nan", *r[:1], r[1] + ["--lr", "nan"], 2, "--lr must be"),
+        ("retrain batch over data", "retrain.py", ["--arch", arch, "--out", new, "--data", "fake", "--subset", "8",
+                                                   "--batch-size", "32"], 2, "larger than"),
+        ("latency batch 0", "latency.py", ["--space", "toy", "--out", str(w / "t.json"), "--batch-size", "0"], 2,
+         "--batch-size must be"),
+        ("latency repeats", "latency.py", ["--space", "toy", "--out", str(w / "t.json"), "--repeats", "-1"], 2,
+         "--repeats must be"),
+        ("latency huge input", "latency.py", ["--space", "toy", "--out", str(w / "t.json"), "--input-size", "5000"],
+         2, "input size"),
+        ("cost scale 0", "cost.py", ["--space", "toy", "--samples", "10", "--scale", "0"], 2, "--scale must be"),
+        ("cost samples 2", "cost.py", ["--space", "toy", "--samples", "2"], 2, "--samples must be"),
+        ("bench batch 0", "bench.py", ["--space", "toy", "--batch-size", "0"], 2, "--batch-size must be"),
+        ("table1 random 0", "table1.py", ["--random", "0", "--out", str(w / "t1")], 2, "--random must be"),
+        ("table1 same seeds", "table1.py", ["--seeds", "1", "1", "--out", str(w / "t1")], 2, "distinct"),
+        ("supernet classes 1", "supernet.py", ["--space", "toy", "--num-classes", "1"], 2, "class count"),
+        ("supernet connect 0", "supernet.py", ["--space", "toy", "--connect", "0"], 2, "connection number"),
+        ("arch too wide", "retrain.py", ["--arch", str(w / "wide.json"), "--profile"], 2, "width"),
+        # 4: tables with costs that are not finite numbers >= 0
+        ("table negative", *s[:1], s[1] + ["--lut", str(w / "lut_negative.json")], 2, "-6.0"),
+        ("table nan", *s[:1], s[1] + ["--lut", str(w / "lut_nan.json")], 2, "nan"),
+        ("table text", *s[:1], s[1] + ["--lut", str(w / "lut_text.json")], 2, "'fast'"),
+        # 1: untrusted files do not run code
+        ("payload weights", "retrain.py", ["--arch", arch, "--eval", "--weights", str(w / "payload.pt")] + RETRAIN,
+         2, "could run code"),
+        ("payload resume", "search.py", TOY + ["--out", str(w / "with_payload"), "--resume"], 2, "could run code"),
+        # 2, 3: folders and resume
+        ("into a finished run", "search.py", TOY + ["--out", done], 2, "already holds"),
+        ("into a hand arch", "search.py", TOY + ["--out", str(w / "hand")], 2, "already holds arch.json"),
+        ("retrain into a finished one", "retrain.py",
+         ["--arch", arch, "--out", str(w / "retrained")] + RETRAIN, 2, "already holds"),
+        ("resume nothing", "search.py", ["--resume", "--out", new], 2, "nothing to resume"),
+        ("resume contradicted", "search.py", ["--resume", "--out", done, "--lr", "0.5"], 2, "has --lr"),
+        ("retrain resume nothing", "retrain.py", ["--resume", "--out", new], 2, "nothing to resume"),
+        ("retrain resume no out", "retrain.py", ["--resume"], 2, "needs --out"),
+        # 5: files and folders where they should not be
+        ("out is a file", "search.py", TOY + ["--out", str(w / "a_file")], 2, "is a file"),
+        ("table is a pipe", *s[:1], s[1] + ["--lut", str(w / "fifo.json")], 2, "not a regular file"),
+        ("table is a folder", *s[:1], s[1] + ["--lut", done], 2, "not a regular file"),
+        ("arch is a pipe", "retrain.py", ["--arch", str(w / "fifo.json"), "--profile"], 2, "not a regular file"),
+        ("corrupt image", "search.py", TOY[:2] + ["--data", str(w / "imgs")] + TOY[4:8] + ["--out", new], 2,
+         "broken.JPEG"),
+        ("latency out missing folder", "latency.py", ["--space", "toy", "--out", str(w / "no" / "t.json")], 2,
+         "does not exist"),
+        ("latency out is a folder", "latency.py", ["--space", "toy", "--out", done], 2, "is a folder"),
+        ("csv into missing folder", "cost.py", ["--space", "toy", "--samples", "10", "--csv", str(w / "no" / "p.csv")],
+         2, "does not exist"),
+        ("svg onto a folder", "viterbi.py", ["--arch", arch, "--svg", done], 2, "is a folder"),
+        ("run is not a folder", "viterbi.py", ["--run", str(w / "a_file")], 2, "is not a folder"),
+        # 7: smaller
+        ("missing weights", "retrain.py", ["--arch", arch, "--eval", "--weights", str(w / "nope.pt")] + RETRAIN, 2,
+         "does not exist"),
+        # good behaviour: a finished run resumed says so and changes nothing
+        ("resume finished search", "search.py", ["--resume", "--out", done], 0, None),
+        ("resume finished retrain", "retrain.py", ["--resume", "--out", str(w / "retrained")], 0, None),
+    ]
+
+
+def test_hostile_cases(world, capfd):
+    """Every case: its exit code and one line naming the problem (or the good behaviour), nothing written
+    before changed, no code run from a pickle, no folder created by a refused run."""
+    table = cases(world)
+    assert len(table) >= 40
+    before = snapshot(world)
+    failures = []
+    for name, script, argv, code, says in table:
+        capfd.readouterr()
+        got = invoke(script, argv)
+        out, err = capfd.readouterr()
+        lines = err.strip().splitlines()
+        if got != code:
+            failures.append(f"{name}: exit {got}, wanted {code}: {err.strip()[-300:]}")
+        elif code and (len(lines) != 1 or says not in lines[0]):
+            failures.append(f"{name}: stderr {err.strip()[-300:]!r}, wanted one line with {says!r}")
+        elif not code and "nothing to resume" not in out:
+            failures.append(f"{name}: {out[-300:]!r}")
+        if snapshot(world) != before:
+            failures.append(f"{name}: changed files {set(snapshot(world).items()) ^ set(before.items())}")
+            before = snapshot(world)
+    assert not failures, "\n".join(failures)
+    assert not (world / "pwned").exists(), "a pickle ran code"
+    assert not (world / "new").exists(), "a refused run created its folder"
+
+
+def run_proc(argv, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **kw)
+
+
+def wait_for(path, proc, seconds=120):
+    deadline = time.time() + seconds
+    while not os.path.exists(path) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert os.path.exists(path), proc.communicate()
+
+
+def test_ctrl_c_is_one_line_and_a_second_run_is_refused(tmp_path):
+    """6, 2: Ctrl-C (SIGINT to the process group, as a terminal sends it) ends a two-process search with one
+    line and exit 130, and the resume continues it to the end; while it runs, its folder's lock refuses a
+    second run; a stale temp file of a killed save is removed on the next start."""
+    out = tmp_path / "run"
+    proc = run_proc(["search.py"] + TOY + ["--epochs", "8", "--warmup-epochs", "1", "--procs", "2",
+                                           "--batch-size", "16", "--out", str(out)], start_new_session=True)
+    wait_for(out / "checkpoint.pt", proc)
+    with pytest.raises(cli.UsageError, match="another run .pid"):  # what a second search.py there would hear
+        cli.claim_folder(str(out))
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert [line for line in err.strip().splitlines() if "interrupted" in line] == [err.strip().splitlines()[-1]]
+    (out / "checkpoint.pt.tmp424242").write_bytes(b"half a checkpoint")
+    r = subprocess.run([sys.executable, "search.py", "--resume", "--out", str(out)], cwd=ROOT, text=True,
+                       capture_output=True, timeout=240)
+    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
+    assert not (out / "checkpoint.pt.tmp424242").exists()
+    assert cli.load_checkpoint(str(out / "checkpoint.pt"))["epoch"] == 8
+
+
+def test_workers_die_with_their_parent(tmp_path):
+    """2: SIGKILL of a --procs 2 search's parent takes its workers with it (none finishes the run alone)."""
+    out = tmp_path / "run"
+    proc = run_proc(["search.py"] + TOY + ["--epochs", "30", "--warmup-epochs", "1", "--procs", "2",
+                                           "--batch-size", "16", "--out", str(out)])
+    wait_for(out / "checkpoint.pt", proc)
+    children = [int(p) for p in os.listdir("/proc") if p.isdigit() and ppid(int(p)) == proc.pid]
+    assert len(children) >= 2
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 20
+    while any(alive(c) for c in children) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(c) for c in children)
+
+
+def ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_full_disk_is_one_line_and_leaves_no_temp(tmp_path, capfd, monkeypatch):
+    """6: a save that fails (the disk is full) ends the run with one line, exit 1, and no temp file; the
+    checkpoint of the epoch before stays, and the resume continues from it."""
+    out = tmp_path / "run"
+    real_save, calls = torch.save, []
+
+    def full_after_first(obj, path, *a, **kw):
+        calls.append(path)
+        if len(calls) > 1:
+            open(path, "wb").write(b"partial")
+            raise OSError(28, "No space left on device", str(path))
+        return real_save(obj, path, *a, **kw)
+    monkeypatch.setattr(cli.torch, "save", full_after_first)
+    capfd.readouterr()
+    code = invoke("search.py", TOY + ["--epochs", "3", "--warmup-epochs", "1", "--out", str(out)])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "No space left on device" in err[0]
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+    assert cli.load_checkpoint(str(out / "checkpoint.pt"))["epoch"] == 1
