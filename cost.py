@@ -92,15 +92,16 @@ def flops_table(space):
 
 
 def load_table(path):
-    """A cost table from a file: JSON with 'metric', 'meta' and 'costs', every cost a finite number >= 0
-    (a negative or NaN latency would turn the cost term of Eq. 8 into a reward or a NaN)."""
+    """A cost table from a file: JSON with 'metric', 'meta' and 'costs', every cost a finite number > 0 (0 for a
+    skip): a negative, zero or NaN latency would turn the cost term of Eq. 8 into a reward, -inf or a NaN."""
     t = read_json(path, "cost table")
     if not (isinstance(t, dict) and isinstance(t.get("costs"), dict) and isinstance(t.get("meta"), dict)
             and isinstance(t.get("metric"), str)):
         raise UsageError(f"{path} is not a cost table (JSON with 'metric', 'meta' and 'costs')")
-    for sig, c in t["costs"].items():
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
-            raise UsageError(f"cost table {path}: the cost of {sig} is {c!r}, not a finite number >= 0")
+    for sig, c in t["costs"].items():  # only a skip (the identity) may cost nothing
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0 \
+                or (c == 0 and not sig.startswith("skip/")):
+            raise UsageError(f"cost table {path}: the cost of {sig} is {c!r}, not a finite number > 0")
     return t
 
 

@@ -38,7 +38,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
-from cli import ArgumentParser, UsageError, read_json, run_cli, save_json_atomic
+from cli import ArgumentParser, UsageError, check_ranges, read_json, run_cli, save_json_atomic
 
 # where Fashion-MNIST is looked for, after $FASHION_MNIST_DIR (read at call time)
 FASHION_MNIST_DIRS = ["./data/fashion-mnist", "/usr/share/datasets/fashion-mnist"]
@@ -404,6 +404,7 @@ def main():
     ap.add_argument("--split-file", default=None, help="image folder: JSON of the search split, written or reused")
     ap.add_argument("--batch-size", type=int, default=256, help="batch size of the loader check (default 256)")
     args = ap.parse_args()
+    check_ranges(args, {"batch_size": (1, None, False), "seed": (0, 2**32 - 1, False)})
     t = time.time()
     ds = load_data(args.data, args.purpose, args.seed, args.input_size, args.subset, args.classes, args.split_file)
     print(f"{describe(ds)}  [loaded in {time.time() - t:.2f} s]")

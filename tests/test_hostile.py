@@ -79,7 +79,7 @@ def world(tmp_path_factory):
                         repeats=1)
     good = json.load(open(w / "lut.json"))
     first = sorted(good["costs"])[0]
-    for name, value in (("negative", -6.0), ("nan", float("nan")), ("text", "fast")):
+    for name, value in (("negative", -6.0), ("nan", float("nan")), ("text", "fast"), ("zero", 0)):
         json.dump(dict(good, costs=dict(good["costs"], **{first: value})), open(w / f"lut_{name}.json", "w"))
     os.mkfifo(w / "fifo.json")
     (w / "a_file").write_text("not a folder")
@@ -146,6 +146,8 @@ def cases(w):
         ("table negative", *s[:1], s[1] + ["--lut", str(w / "lut_negative.json")], 2, "-6.0"),
         ("table nan", *s[:1], s[1] + ["--lut", str(w / "lut_nan.json")], 2, "nan"),
         ("table text", *s[:1], s[1] + ["--lut", str(w / "lut_text.json")], 2, "'fast'"),
+        ("table zero", *s[:1], s[1] + ["--lut", str(w / "lut_zero.json")], 2, "is 0,"),
+        ("data batch 0", "data.py", ["--data", "fake", "--batch-size", "0"], 2, "--batch-size must be"),
         # 1: untrusted files do not run code
         ("payload weights", "retrain.py", ["--arch", arch, "--eval", "--weights", str(w / "payload.pt")] + RETRAIN,
          2, "could run code"),
