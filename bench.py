@@ -66,8 +66,7 @@ from data import FAKE_SIZES
 from latency import get_device
 from retrain import ArchNet, train_epoch
 from search import DEFAULTS, UNITS, Objective, arch_step, sample_candidates, set_trainable, weight_step
-from viterbi import load_arch
-from supernet import SPACES, SuperNet, add_all, get_space
+from supernet import SPACES, SuperNet, add_all, get_space, load_arch
 
 TARGETS = {"speed-up": 1.5, "memory": 1.3}  # reference time / super network time at least; memory ratio at most
 

@@ -6,7 +6,7 @@ counter below, the one source of truth for FLOPs (multiply-accumulates of conv a
 layers at batch 1, the paper's convention); latency tables (latency.py) use the same format.
 
     python cost.py --space mbv2 [--input-size N] [--table OUT.json]   build and summarise a FLOPs table
-    python cost.py --space mbv2 --samples 1500 [--seed S] [--csv F]   chained vs local estimation (Fig. 6)
+(The chained-vs-local experiment of Fig. 6 and Table 7 is `python studies.py estimation`.)
 """
 import json
 import math
@@ -17,9 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import (ArgumentParser, UsageError, check_ranges, output_file, read_json, run_cli, save_json_atomic,
-                 write_atomic)
-from supernet import SPACES, get_space, make_op, path_probs, signature
+from cli import ArgumentParser, UsageError, output_file, read_json, run_cli, save_json_atomic
+from supernet import SPACES, arch_signatures, get_space, make_op, path_probs, signature
 
 
 # ----------------------------------------------------------------------------------------
@@ -250,7 +249,6 @@ class CostModel:
 
 def arch_cost(arch, table):
     """The exact cost of a derived architecture: the sum of its operations' table costs."""
-    from viterbi import arch_signatures
     costs = table["costs"]
     total = 0.0
     for s in arch_signatures(arch):
@@ -263,53 +261,6 @@ def arch_cost(arch, table):
 
 
 # ----------------------------------------------------------------------------------------
-# The estimation experiment (Sec. 4.5, Fig. 6, Table 7)
-
-def random_arch_params(space, generator, scale=1.0):
-    """Random alpha (one vector per mixed layer) and path probabilities p = softmax(beta / T) (Eq. 3)."""
-    alphas = [scale * torch.randn(len(s.candidates), generator=generator, dtype=torch.float64) for s in space.slots]
-    beta = scale * torch.randn(len(space.edges), generator=generator, dtype=torch.float64)
-    return alphas, path_probs(beta, space)
-
-
-def pearson(x, y):
-    x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
-    x, y = x - x.mean(), y - y.mean()
-    return float((x * y).sum() / (x.norm() * y.norm()))
-
-
-def kendall(x, y):
-    """Kendall's tau-b over all pairs."""
-    x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
-    dx, dy = torch.sign(x[:, None] - x[None, :]), torch.sign(y[:, None] - y[None, :])
-    concord = (dx * dy).sum() / 2
-    nx, ny = (dx != 0).sum() / 2, (dy != 0).sum() / 2
-    return float(concord / torch.sqrt(nx * ny))
-
-
-def estimation_experiment(space, samples, seed=0, scale=1.0):
-    """Draw random alpha and beta, derive each architecture (argmax + Viterbi) and compare the
-    chained (Eq. 6-7) and local (Eq. 9) FLOPs estimates with the derived network's real FLOPs."""
-    from viterbi import derive
-    table = flops_table(space)
-    model = CostModel(space, table, skip_price=0)
-    g = torch.Generator().manual_seed(seed)
-    points = []
-    with torch.no_grad():
-        for _ in range(samples):
-            alphas, p = random_arch_params(space, g, scale)
-            real = arch_cost(derive(space, alphas, p), table)
-            points.append((real, model(alphas, p).item(), model(alphas, p, "local").item()))
-    real = [r for r, _, _ in points]
-    result = {"samples": samples}
-    for k, name in ((1, "chained"), (2, "local")):
-        pred = [pt[k] for pt in points]
-        result[name] = {"pearson": pearson(pred, real), "kendall": kendall(pred, real),
-                        "mean_rel_error": sum(abs(q - r) / r for q, r in zip(pred, real)) / samples}
-    return result, points
-
-
-# ----------------------------------------------------------------------------------------
 
 def main():
     ap = ArgumentParser(__doc__)
@@ -318,33 +269,10 @@ def main():
     ap.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000)")
     ap.add_argument("--connect", type=int, default=None, help="connection number M (default: the space's)")
     ap.add_argument("--table", help="write the FLOPs table to this JSON file")
-    ap.add_argument("--samples", type=int, help="run the estimation experiment with this many random (alpha, beta)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the experiment (default 0)")
-    ap.add_argument("--scale", type=float, default=1.0, help="alpha, beta ~ N(0, scale^2) (default 1)")
-    ap.add_argument("--csv", help="write every point (real, chained, local FLOPs) of the experiment here")
     args = ap.parse_args()
-    check_ranges(args, {"samples": (3, 10**6, False), "seed": (0, 2**32 - 1, False), "scale": (0, 100, True)})
-    for path, what in ((args.csv, "--csv"), (args.table, "--table")):
-        if path:
-            output_file(path, what)
+    if args.table:
+        output_file(args.table, "--table")
     space = get_space(args.space, args.input_size, 3, args.num_classes, args.connect)
-    if args.samples is not None:
-        result, points = estimation_experiment(space, args.samples, args.seed, args.scale)
-        if args.csv:
-            def write(tmp):
-                with open(tmp, "w") as f:
-                    f.write("real_flops,chained_flops,local_flops\n")
-                    f.writelines(f"{r:.0f},{c:.1f},{l:.1f}\n" for r, c, l in points)
-            write_atomic(args.csv, write)
-        real = [r for r, _, _ in points]
-        print(f"{args.samples} random (alpha, beta) in '{space.name}' at {space.input_size}px; real FLOPs of the "
-              f"derived archs {min(real) / 1e6:.1f}M .. {max(real) / 1e6:.1f}M")
-        print(f"{'estimator':<10} {'pearson':>8} {'kendall':>8} {'mean rel. error':>16}")
-        for name in ("chained", "local"):
-            r = result[name]
-            print(f"{name:<10} {r['pearson']:8.3f} {r['kendall']:8.3f} {100 * r['mean_rel_error']:15.1f}%")
-        print(json.dumps(result))
-        return
     table = flops_table(space)
     if args.table:
         save_json_atomic(table, args.table)

@@ -7,14 +7,14 @@ so it lives here; `python viterbi.py --arch FILE --svg OUT.svg` and `--run FOLDE
 - supernet_svg: the routing blocks of the super network by stage and resolution, every
   connection drawn with a stroke proportional to its path probability p_ij (Eq. 3), and the
   Viterbi path (Algorithm 1) highlighted.
-- scatter_svg: points of several named series against two axes (table1.py: test accuracy
+- scatter_svg: points of several named series against two axes (studies.py table1: test accuracy
   against FLOPs of searched and random networks), with a legend.
 Every block, layer and edge element carries an id (block-J, layer-K, edge-I-J) so tests can find it.
 """
 import math
 from html import escape
 
-from viterbi import arch_ops
+from supernet import arch_ops
 
 COLOURS = {  # kernel size picks the hue, expansion the shade
     "mbconv_k3_e3": "#9ecae1", "mbconv_k3_e6": "#3182bd", "mbconv_k5_e3": "#a1d99b", "mbconv_k5_e6": "#31a354",

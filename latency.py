@@ -30,8 +30,8 @@ import torch
 
 from cli import ArgumentParser, UsageError, check_ranges, output_file, run_cli, save_json_atomic
 from cost import arch_cost, load_table, parse_signature, space_signatures, table_meta
-from supernet import SPACES, get_space, init_weights, make_op
-from viterbi import arch_signatures, load_arch
+from retrain import ArchNet
+from supernet import SPACES, arch_signatures, get_space, init_weights, load_arch, make_op
 
 # the meta fields a resumed table must share with the run that continues it
 SAME = ("space", "input_size", "in_channels", "num_classes", "connect", "batch_size", "device", "threads")
@@ -185,7 +185,6 @@ def check_arch_table(table, arch, batch_size, path):
 
 def compare_arch(arch, dev, device_name, batch_size, warmup, repeats, table=None, every=5.0):
     """End-to-end latency of retrain.ArchNet(arch) beside cost.arch_cost (the sum of its ops' latencies)."""
-    from retrain import ArchNet  # late: only this mode needs it
     if table is None:  # the arch's own operations, measured now
         sigs = sorted(set(arch_signatures(arch)))
         print(f"measuring the arch's {len(sigs)} distinct operations at batch {batch_size} on {device_name}",

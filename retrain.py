@@ -16,13 +16,12 @@ import time
 import torch
 import torch.nn as nn
 
-import runtime
 import cli
+import runtime
 from cli import ArgumentParser, UsageError, run_cli, save_json_atomic
-from cost import count_flops
+from cost import arch_cost, count_flops, load_table
 from data import load_data, make_loader
-from supernet import SPACES, count_params, init_weights, make_op
-from viterbi import arch_ops, arch_text, load_arch
+from supernet import SPACES, arch_ops, arch_text, count_params, init_weights, load_arch, make_op
 
 
 class ArchNet(nn.Module):
@@ -81,10 +80,8 @@ def train_epoch(net, loader, opt, criterion, lr_at, step, device, autocast, bar)
         loss = criterion(logits.float(), y)
         cli.stop_unless_finite(loss.item(), f"step {step + 1}")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        runtime.average_gradients(net.parameters())
+        loss.backward()  # under DDP (runtime.data_parallel) the gradients are averaged over the ranks here
         opt.step()
-        runtime.broadcast_buffers(net)
         step += 1
         bar.update(loss=loss.item(), acc=(logits.argmax(1) == y).float().mean().item() * 100)
     return step
@@ -122,6 +119,7 @@ def retrain_worker(rank, world, device, args):
         if main_rank:
             print(f"nothing to resume: {args.out} finished all {args.epochs} epochs" if start >= args.epochs
                   else f"resuming {args.out} at epoch {start + 1}/{args.epochs}", flush=True)
+    trained = runtime.data_parallel(net, device)  # after a resume's load: every rank starts from rank 0's state
     if main_rank:
         print(arch_text(arch))
         print(f"data {data.info}; {world} process(es) on {device}", flush=True)
@@ -131,9 +129,12 @@ def retrain_worker(rank, world, device, args):
         loader = make_loader(data.train, args.batch_size, True, epoch, args.seed, rank, world, workers, cuda)
         bar = runtime.Progress(f"[epoch {epoch + 1}/{args.epochs}]", len(loader), args.batch_size,
                                (args.epochs - epoch - 1) * steps, every=args.log_every, enabled=main_rank)
-        step = train_epoch(net, loader, opt, criterion, lambda k: runtime.cosine_lr(
+        step = train_epoch(trained, loader, opt, criterion, lambda k: runtime.cosine_lr(
             k, args.epochs * steps, args.lr, args.lr_min), step, device, autocast, bar)
-        top1, top5 = evaluate(net, eval_loader, device, autocast)
+        runtime.broadcast_buffers(net)  # DDP sends rank 0's BN statistics before each forward; after the last, now
+        top1, top5 = evaluate(net, eval_loader, device, autocast)  # the module itself: no collectives per batch
+        if args.check_sync:
+            runtime.check_in_sync(net)
         rec = {"epoch": epoch + 1, "train_loss": bar.means()["loss"], "top1": top1, "top5": top5,
                "img_s": bar.images_per_s() * world, "seconds": time.time() - t0}
         history.append(rec)
@@ -141,8 +142,10 @@ def retrain_worker(rank, world, device, args):
             print(f"epoch {epoch + 1}/{args.epochs} {runtime.fmt_time(rec['seconds'])}: train loss "
                   f"{rec['train_loss']:.3f}, top-1 {top1:.2f}%, top-5 {top5:.2f}%", flush=True)
             cli.save_atomic({"config": retrain_config(args), "epoch": epoch + 1, "step": step,
-                                 "history": history, "model": net.state_dict(), "opt": opt.state_dict()}, ck_path)
+                             "history": history, "model": net.state_dict(), "opt": opt.state_dict()}, ck_path)
         runtime.barrier()
+    if main_rank and args.check_sync:
+        print(f"check-sync: all {world} ranks held identical weights after each of {args.epochs - start} epochs")
     if main_rank:
         cli.save_atomic(net.state_dict(), os.path.join(args.out, "model.pt"))
         prof = profile(arch)
@@ -151,7 +154,6 @@ def retrain_worker(rank, world, device, args):
                   "top5": last.get("top5"), "params": prof["params"], "flops": prof["flops"],
                   "wall_s": sum(h["seconds"] for h in history), "history": history}
         if args.latency_lut:
-            from cost import arch_cost, load_table
             report["latency_ms"] = arch_cost(arch, load_table(args.latency_lut))
         save_json_atomic(report, os.path.join(args.out, "report.json"))
         print(f"top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}% on {data.info.get('val')} images; "
@@ -210,6 +212,8 @@ def main(argv=None):
     runtime.check_batch(args)
     if args.eval and not args.weights:
         raise UsageError("--eval needs --weights FILE")
+    if args.latency_lut:
+        arch_cost(arch, load_table(args.latency_lut))  # a table that cannot price the arch is refused now
     data = load_data(args.data, "retrain", args.seed, arch["input_size"], args.subset)
     for key, have in (("in_channels", data.in_channels), ("num_classes", data.num_classes)):
         if arch[key] != have:

@@ -1,10 +1,11 @@
-"""Devices, distribution, checkpoints and progress: the plumbing that search.py and retrain.py share.
+"""Devices, distribution and progress: the plumbing that search.py and retrain.py share.
 
-This file exists so both programs launch, average gradients, save and report the same way.
-Distribution follows DistributedDataParallel's semantics, written out: one process per device
-(`--gpus N` with NCCL, `--procs N` on the CPU with gloo, or under torchrun), gradients
-averaged over ranks after every backward pass, and rank 0's buffers (BN statistics)
-broadcast to all ranks, so every rank ends every step with identical parameters.
+This file exists so both programs launch and report the same way: one process per device (`--gpus N`
+with NCCL, `--procs N` on the CPU with gloo, or under torchrun). Retraining a fixed network runs under
+torch's DistributedDataParallel (data_parallel). The search averages its gradients with one explicit
+all-reduce instead (average_gradients): every step trains either the weights or alpha and beta of a
+different sampled sub-network, and DDP fixes the parameters it reduces when it wraps the model.
+Either way rank 0's buffers (BN statistics) reach every rank, so all ranks hold identical parameters.
 
     python runtime.py     prints what this machine offers (devices, threads, backends)
 """
@@ -33,6 +34,8 @@ def add_device_args(ap):
     g.add_argument("--procs", type=int, default=1, help="on the CPU: N processes with gloo (default 1)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     g.add_argument("--workers", type=int, default=None, help="data-loading workers per process (default 4 on CUDA, 0 on CPU)")
+    g.add_argument("--check-sync", action="store_true",
+                   help="verify that all ranks hold identical parameters (after every step or epoch; slow; for tests)")
 
 
 def under_torchrun():
@@ -146,6 +149,16 @@ def _collective_in_place(tensors, collective):
     for t in tensors:
         t.copy_(flat[offset:offset + t.numel()].view_as(t))
         offset += t.numel()
+
+
+def data_parallel(model, device):
+    """The model under DistributedDataParallel when there are several ranks (gradients averaged during
+    backward, rank 0's buffers broadcast before each forward); the model itself on one process."""
+    if world_size() == 1:
+        return model
+    # gradients as views of DDP's buckets: no copy, and channels-last grads need not match the buckets' strides
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                     gradient_as_bucket_view=True)
 
 
 def average_gradients(params):

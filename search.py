@@ -22,14 +22,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import latency
-import runtime
 import cli
+import latency
+import retrain
+import runtime
 from cli import ArgumentParser, UsageError, run_cli, save_json_atomic
 from cost import CostModel, arch_cost, check_table, flops_table, load_table
 from data import load_data, make_loader
-from supernet import SPACES, SuperNet, get_space
-from viterbi import arch_text, decisiveness, derive, derive_supernet, draw_run, save_arch_params
+from supernet import SPACES, SuperNet, arch_text, get_space
+from viterbi import decisiveness, derive, derive_supernet, draw_run, save_arch_params
 
 # The paper's settings (supplement A.1, A.4; arXiv v1 for label smoothing); lambda and tau, which the paper does not
 # give, are the authors' published code's; toy is ours, for tests.
@@ -407,10 +408,9 @@ def end_of_epoch(ctx, rec, seconds, log_path):
 
 def finish(a):
     """The derived network's summary, its pictures and the command that retrains it."""
-    from retrain import profile  # late: retrain builds the stand-alone network
     arch_path = os.path.join(a.out, "arch.json")
     arch = draw_run(a.out)  # arch.svg and supernet.svg
-    prof = profile(arch)
+    prof = retrain.profile(arch)
     print("\nderived architecture (argmax alpha, Viterbi over p):")
     print(arch_text(arch))
     print(f"path {' -> '.join(f'B_{i}' for i in arch['path'])}; {prof['flops'] / 1e6:.2f}M FLOPs, "
@@ -467,7 +467,6 @@ def random_search_worker(rank, world, device, args):
     """Train each of --random K sampled architectures for --epochs on the search's training split
     (the search's SGD recipe), evaluate it on the validation split, keep the best as OUT/arch.json.
     OUT/random_search.json records every finished sample, so a resumed run skips them."""
-    from retrain import ArchNet, evaluate as eval_net, train_epoch
     main_rank, cuda = rank == 0, device.type == "cuda"
     workers = args.workers if args.workers is not None else (4 if cuda else 0)
     data = runtime.main_first(lambda: load_data(args.data, "search", args.seed, args.input_size, args.subset,
@@ -493,17 +492,19 @@ def random_search_worker(rank, world, device, args):
         arch, alphas, p, flops = draws[k]
         t0 = time.time()
         torch.manual_seed(args.seed * 1000 + k)
-        net = ArchNet(arch).to(device, memory_format=torch.channels_last)
+        net = retrain.ArchNet(arch).to(device, memory_format=torch.channels_last)
         opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-        step, total = 0, args.epochs * steps
+        step, total, trained = 0, args.epochs * steps, runtime.data_parallel(net, device)
         for epoch in range(args.epochs):
             loader = make_loader(data.train, args.batch_size, True, epoch, args.seed, rank, world, workers, cuda)
             later = ((args.random - k - 1) * args.epochs + args.epochs - epoch - 1) * steps
             bar = runtime.Progress(f"[sample {k + 1}/{args.random} epoch {epoch + 1}/{args.epochs}]", len(loader),
                                    args.batch_size, later, every=args.log_every, enabled=main_rank)
-            step = train_epoch(net, loader, opt, criterion,
-                               lambda t: runtime.cosine_lr(t, total, args.lr, args.lr_min), step, device, autocast, bar)
-        top1, top5 = eval_net(net, val_loader, device, autocast)
+            step = retrain.train_epoch(trained, loader, opt, criterion,
+                                       lambda t: runtime.cosine_lr(t, total, args.lr, args.lr_min), step, device,
+                                       autocast, bar)
+        runtime.broadcast_buffers(net)  # rank 0's BN statistics after the last step, as retrain.py does
+        top1, top5 = retrain.evaluate(net, val_loader, device, autocast)
         rec = {"sample": k + 1, "stage": "random", "val_acc": top1, "val_top5": top5, "arch_cost": flops,
                "metric": "flops", "path": arch["path"], "widths": [b["out"] for b in arch["blocks"]],
                "seconds": time.time() - t0, "arch": arch, "alphas": [a.tolist() for a in alphas], "p": p.tolist()}
@@ -561,8 +562,6 @@ def parse_args(argv=None):
     r.add_argument("--target-flops", type=parse_flops, metavar="F",
                    help="FLOPs (multiply-accumulates) of the random samples, e.g. 361M (DenseNAS-C) or 3.6e8")
     ap.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines (default 5)")
-    ap.add_argument("--check-sync", action="store_true",
-                    help="verify after every step that all ranks hold identical parameters (slow; for tests)")
     h = ap.add_argument_group("schedule and optimisers (defaults: the paper's, per space)")
 
     def default_help(key, what):
@@ -718,7 +717,6 @@ def search_evidence(out, log):
 
 def walkthrough_end(args):
     """--preset: retrain the derived network, evaluate it on the test set, and sum up."""
-    import retrain
     arch_path, out = os.path.join(args.out, "arch.json"), os.path.join(args.out, "retrain")
     resume = ["--resume"] if os.path.exists(os.path.join(out, cli.SETTINGS)) else []
     print(f"\n== retraining the derived network ({' '.join(RETRAIN_PRESETS[args.preset])}) ==", flush=True)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import ArgumentParser, UsageError, run_cli
+from cli import ArgumentParser, UsageError, read_json, run_cli
 
 
 # ----------------------------------------------------------------------------------------
@@ -517,6 +517,104 @@ def get_space(name, input_size=224, in_channels=3, num_classes=1000, connect=Non
     if name not in SPACES:
         raise UsageError(f"unknown space '{name}' (known: {', '.join(SPACES)})")
     return Space(SPACES[name], input_size, in_channels, num_classes, connect)
+
+
+# ----------------------------------------------------------------------------------------
+# The arch file: one network of a space, as derive() writes it and retrain.py builds it (Sec. 3.4)
+#   {"space": "mbv2", "input_size": 224, "in_channels": 3, "num_classes": 1000, "stem": {"out": 16, "stride": 2},
+#    "blocks": [{"in": 16, "out": 24, "stride": 2, "head": "mbconv_k3_e6", "layers": ["mbconv_k5_e3"]}, ...],
+#    "last": {"out": 1984} or null}
+# Channels are tensor widths. `head` is a block's first operation (its shape-alignment layer); `last` is the
+# final 1x1 conv (null: the last block feeds pooling directly, as in the derived ResNets of Table 6).
+
+def check_arch(arch):
+    """Raise UsageError naming the first problem of a malformed arch dict."""
+    def need(obj, key, kind, where):
+        if not isinstance(obj, dict) or key not in obj:
+            raise UsageError(f"arch file: {where} is missing '{key}'")
+        if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
+            raise UsageError(f"arch file: {where}.{key} has the wrong type")
+        return obj[key]
+
+    if need(arch, "space", str, "top level") not in SPACES:
+        raise UsageError(f"arch file: unknown space '{arch['space']}' (known: {', '.join(SPACES)})")
+    for key in ("input_size", "in_channels", "num_classes"):
+        low, high = LIMITS[key]
+        if not low <= need(arch, key, int, "top level") <= high:
+            raise UsageError(f"arch file: {key} must be between {low} and {high}, got {arch[key]}")
+    stem = need(arch, "stem", dict, "top level")
+    c = need(stem, "out", int, "stem")
+    if not 1 <= c <= LIMITS["width"][1]:
+        raise UsageError(f"arch file: stem.out must be between 1 and {LIMITS['width'][1]}")
+    if need(stem, "stride", int, "stem") not in (1, 2):
+        raise UsageError(f"arch file: stem stride must be 1 or 2, got {stem['stride']}")
+    for k, b in enumerate(need(arch, "blocks", list, "top level")):
+        where = f"blocks[{k}]"
+        if need(b, "in", int, where) != c:
+            raise UsageError(f"arch file: {where} takes {b['in']} channels but the layer before gives {c}")
+        c = need(b, "out", int, where)
+        if need(b, "stride", int, where) not in (1, 2):
+            raise UsageError(f"arch file: {where} has stride {b['stride']} (must be 1 or 2)")
+        ops = [need(b, "head", str, where)] + need(b, "layers", list, where)
+        for o in ops:
+            if o not in OPS:
+                raise UsageError(f"arch file: {where} has unknown op '{o}'")
+        if b["head"] == "skip" and (b["in"] != b["out"] or b["stride"] != 1):
+            raise UsageError(f"arch file: {where} has a skip head that changes shape")
+        if any(o == "bottleneck" for o in ops) and c % 4:
+            raise UsageError(f"arch file: {where} uses bottleneck with width {c}, not a multiple of 4")
+        if not LIMITS["width"][0] <= c <= LIMITS["width"][1]:
+            raise UsageError(f"arch file: {where} has width {c} (must be between 1 and {LIMITS['width'][1]})")
+    if "last" not in arch:
+        raise UsageError("arch file: top level is missing 'last'")
+    if arch["last"] is not None and not 1 <= need(arch["last"], "out", int, "last") <= LIMITS["width"][1]:
+        raise UsageError(f"arch file: last.out must be between 1 and {LIMITS['width'][1]}")
+
+
+def arch_ops(arch):
+    """The operations of an arch in network order, as (op, c_in, c_out, stride, input resolution).
+
+    retrain.py builds the network from this list and arch_signatures prices it from a table,
+    so the built network and its table cost cannot disagree.
+    """
+    check_arch(arch)
+    r, c, s = arch["input_size"], arch["in_channels"], arch["stem"]
+    ops = [("conv3x3", c, s["out"], s["stride"], r)]
+    r, c = halve(r, s["stride"] - 1), s["out"]
+    for b in arch["blocks"]:
+        ops.append((b["head"], c, b["out"], b["stride"], r))
+        r, c = halve(r, b["stride"] - 1), b["out"]
+        ops += [(o, c, c, 1, r) for o in b["layers"]]
+    if arch["last"] is not None:
+        ops.append(("conv1x1", c, arch["last"]["out"], 1, r))
+        c = arch["last"]["out"]
+    ops.append(("linear", c, arch["num_classes"], 1, 1))  # after global average pooling
+    return ops
+
+
+def arch_signatures(arch):
+    return [signature(*op) for op in arch_ops(arch)]
+
+
+def load_arch(path):
+    arch = read_json(path, "arch file")
+    if not isinstance(arch, dict):
+        raise UsageError(f"arch file {path} does not hold a JSON object")
+    check_arch(arch)
+    return arch
+
+
+def arch_text(arch):
+    """A compact text form: one line per block with widths, stride and operations."""
+    s = arch["stem"]
+    lines = [f"stem conv3x3 {arch['in_channels']}->{s['out']} s{s['stride']} @ {arch['input_size']}px"]
+    for k, b in enumerate(arch["blocks"]):
+        ops = " ".join([b["head"]] + b["layers"])
+        lines.append(f"block {k:2d} {b['in']:4d}->{b['out']:<4d} s{b['stride']}  {ops}")
+    if arch["last"]:
+        lines.append(f"last conv1x1 ->{arch['last']['out']}")
+    lines.append(f"pool, linear ->{arch['num_classes']}")
+    return "\n".join(lines)
 
 
 def main():

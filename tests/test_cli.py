@@ -88,13 +88,13 @@ def test_check_arch_refuses_non_positive_widths(case):
     arch = copy.deepcopy(VALID)
     BAD_WIDTHS[case](arch)
     with pytest.raises(supernet.UsageError):
-        viterbi.check_arch(arch)
+        supernet.check_arch(arch)
 
 
 def test_load_arch_refuses_a_directory(tmp_path):
     """Arch file: a directory given as --arch is a usage error (else IsADirectoryError escapes)."""
     with pytest.raises(supernet.UsageError):
-        viterbi.load_arch(str(tmp_path))
+        supernet.load_arch(str(tmp_path))
 
 
 def test_space_refuses_non_positive_class_count():
@@ -105,7 +105,7 @@ def test_space_refuses_non_positive_class_count():
 
 def test_valid_arch_is_accepted():
     """The arch file the bad cases are edited from is itself valid and builds (in-process, no CLI)."""
-    viterbi.check_arch(VALID)
+    supernet.check_arch(VALID)
     prof = retrain.profile(VALID)
     assert prof["params"] > 0 and prof["flops"] > 0
 

@@ -222,7 +222,7 @@ def test_chained_estimate_is_exact_for_one_hot(which, seed):
     arch = viterbi.derive(space, alphas, p)
     assert arch["path"] == chain_path(space, edge)
     # every operation of the derived network is an operation of the super network
-    assert set(viterbi.arch_signatures(arch)) <= set(table["costs"])
+    assert set(supernet.arch_signatures(arch)) <= set(table["costs"])
     assert math.isclose(estimate, cost.arch_cost(arch, fresh(table)), rel_tol=1e-9)
     assert math.isclose(estimate, retrain.profile(arch)["flops"], rel_tol=1e-9)
 
@@ -261,7 +261,7 @@ def test_count_flops_torchvision_resnet18():
 
 def test_mobilenetv2_arch_file_matches_torchvision():
     """examples/mobilenetv2.json (MobileNetV2-1.0) profiles as torchvision's model: FLOPs and params."""
-    arch = viterbi.load_arch(os.path.join(ROOT, "examples", "mobilenetv2.json"))
+    arch = supernet.load_arch(os.path.join(ROOT, "examples", "mobilenetv2.json"))
     prof = retrain.profile(arch)
     tv = torchvision.models.mobilenet_v2()
     tv_flops = cost.count_flops(tv, (3, 224, 224))
@@ -305,7 +305,7 @@ def test_check_table_refuses_mismatched_tables(tmp_path):
 
 def test_arch_cost_needs_measured_ops():
     """Sec. 3.3: FLOPs of a missing op can be counted, a latency table must hold every op of the arch."""
-    arch = viterbi.load_arch(os.path.join(ROOT, "examples", "mobilenetv2.json"))
+    arch = supernet.load_arch(os.path.join(ROOT, "examples", "mobilenetv2.json"))
     with pytest.raises(supernet.UsageError):
         cost.arch_cost(arch, {"metric": "latency", "meta": {}, "costs": {}})
 

@@ -4,10 +4,9 @@ import xml.etree.ElementTree as ET
 
 import torch
 
-from cost import random_arch_params
 from draw import arch_svg, supernet_svg
-from supernet import get_space
-from viterbi import arch_ops, derive, draw_run, load_arch, save_arch_params
+from supernet import arch_ops, get_space, load_arch
+from viterbi import derive, draw_run, random_arch_params, save_arch_params
 
 
 def ids(svg_text):

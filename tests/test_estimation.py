@@ -2,9 +2,10 @@
 import torch
 from hypothesis import given, settings, strategies as st
 
-from cost import CostModel, arch_cost, estimation_experiment, flops_table, random_arch_params
+from cost import CostModel, arch_cost, flops_table
+from studies import estimation_experiment
 from supernet import get_space
-from viterbi import derive
+from viterbi import derive, random_arch_params
 
 
 def test_experiment_on_toy_reports_both_estimators():

@@ -178,7 +178,7 @@ def test_other_meta_refused_in_process(toy, lut, tmp_path):
 def test_arch_table_must_match(lut, arch_file):
     """--arch --lut: the table's input size and batch size must be the arch's and the run's."""
     _, table = lut
-    arch = viterbi.load_arch(arch_file)
+    arch = supernet.load_arch(arch_file)
     latency.check_arch_table(table, arch, 2, "t")
     with pytest.raises(supernet.UsageError, match="batch size"):
         latency.check_arch_table(table, arch, 32, "t")
@@ -228,7 +228,7 @@ def test_arch_compares_network_with_table(clis):
 
 def test_arch_measures_its_own_ops(arch_file):
     """--arch without --lut: the prediction comes from the arch's own operations, measured on the spot."""
-    arch = viterbi.load_arch(arch_file)
+    arch = supernet.load_arch(arch_file)
     threads = torch.get_num_threads()
     try:
         dev, name = latency.get_device("cpu", threads=1)

@@ -124,7 +124,7 @@ def test_derived_network_on_shared_weights_is_the_derived_network():
             a.normal_()
     arch = derive_supernet(net)
     samples = net.argmax_samples()
-    # the super network's modules of the derived network, in the order of viterbi.arch_ops
+    # the super network's modules of the derived network, in the order of supernet.arch_ops
     chosen = list(net.stem)
     path = arch["path"]
     for i, j in zip(path[:-1], path[1:]):

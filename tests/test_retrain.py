@@ -70,7 +70,8 @@ def runs(arch_file, tmp_path_factory):
     searches = {"search": start(TOY_SEARCH + ["--cost", "latency", "--lut", lut, "--out", str(d / "search")]),
                 "other_size": start(TOY_SEARCH + ["--input-size", "20", "--cost", "latency", "--lut", lut,
                                                   "--out", str(d / "other")]),
-                "resumed": start(retrain + ["--out", str(d / "killed"), "--resume"])}
+                "resumed": start(retrain + ["--out", str(d / "killed"), "--resume"]),
+                "ddp": start(retrain + ["--out", str(d / "ddp"), "--procs", "2", "--check-sync"])}
     done = {k: finish(p) for k, p in searches.items()}
     whole = finish(whole)
     evaluated = finish(start(["retrain.py", "--arch", arch_file, "--eval", "--weights", str(d / "whole" / "model.pt")]
@@ -133,3 +134,11 @@ def test_table_for_another_input_size_is_refused(runs):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "input_size" in r.stderr
     assert not (runs["d"] / "other").exists()
+
+
+def test_two_rank_retraining_under_ddp_keeps_the_ranks_identical(runs):
+    """--procs 2 (gloo): retraining runs under DistributedDataParallel, and after every epoch both ranks hold
+    exactly rank 0's parameters and buffers (runtime.check_in_sync)."""
+    r = runs["ddp"]
+    assert r.returncode == 0, r.stderr
+    assert "check-sync: all 2 ranks held identical weights after each of 2 epochs" in r.stdout

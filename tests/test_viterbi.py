@@ -96,7 +96,7 @@ def test_derive_one_hot(space, seed):
         assert b["in"] == c and b["stride"] in (1, 2) and "skip" not in b["layers"]
         c = b["out"]
     # check_arch knows only the built-in spaces by name; the random ones are toy-like (MBConv, ReLU6)
-    viterbi.check_arch(arch if space.name in supernet.SPACES else {**arch, "space": "toy"})
+    supernet.check_arch(arch if space.name in supernet.SPACES else {**arch, "space": "toy"})
 
 
 @settings(max_examples=30, deadline=None)
@@ -156,7 +156,7 @@ def test_published_resnets_profile_to_table3(name):
     """examples/densenas_r*.json (Table 6: the last 512-wide block feeds pooling, no ending conv) count the
     params and FLOPs of Table 3 to the figures' precision; R1 and R2 are networks of the ResNet space that
     derive() returns for one-hot alpha and p on their path; R3 swaps in bottlenecks (Sec. 4.2), outside it."""
-    arch = viterbi.load_arch(f"examples/{name}.json")
+    arch = supernet.load_arch(f"examples/{name}.json")
     prof, (params, flops) = retrain.profile(arch), TABLE3_RESNETS[name]
     assert abs(prof["params"] - params) < 0.05e6 and abs(prof["flops"] - flops) < 0.005e9
     assert arch["last"] is None and arch["blocks"][-1]["out"] in (512, 4 * 512)  # R3: a bottleneck's 4x

@@ -1,13 +1,13 @@
-"""table1.py: searched against random networks at equal FLOPs (Table 1), at a toy scale here."""
+"""studies.py table1: searched against random networks at equal FLOPs (Table 1), at a toy scale here."""
 import json
 import statistics
 
 import search
-import table1
+import studies
 from cost import arch_cost, flops_table
 from retrain import profile
 from supernet import get_space
-from viterbi import load_arch
+from supernet import load_arch
 
 
 def test_table1_compares_searched_and_random_at_equal_flops(tmp_path, monkeypatch, capsys):
@@ -18,7 +18,7 @@ def test_table1_compares_searched_and_random_at_equal_flops(tmp_path, monkeypatc
                                                        batch_size=32, input_size=16, out=str(tmp_path / "unused")))
     monkeypatch.setitem(search.RETRAIN_PRESETS, "laptop", ["--epochs", "1", "--batch-size", "32", "--subset", "64"])
     out = tmp_path / "t1"
-    table1.main(["--seeds", "0", "1", "--random", "2", "--out", str(out), "--log-every", "100"])
+    studies.main(["table1", "--seeds", "0", "1", "--random", "2", "--out", str(out), "--log-every", "100"])
     result = json.loads((out / "table1.json").read_text())
     runs = result["runs"]
     assert [r["kind"] for r in runs] == ["searched", "random", "random"] * 2
@@ -37,7 +37,7 @@ def test_table1_compares_searched_and_random_at_equal_flops(tmp_path, monkeypatc
     svg = (out / "table1.svg").read_text()
     assert svg.count('id="point-searched-') == 2 and svg.count('id="point-random-') == 4
     capsys.readouterr()
-    table1.main(["--seeds", "0", "1", "--random", "2", "--out", str(out)])
+    studies.main(["table1", "--seeds", "0", "1", "--random", "2", "--out", str(out)])
     again = capsys.readouterr().out
     assert "retraining" not in again and "epoch" not in again  # nothing ran twice
     assert json.loads((out / "table1.json").read_text())["runs"] == runs
