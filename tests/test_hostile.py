@@ -226,42 +226,38 @@ def wait_for(path, proc, seconds=120):
     assert os.path.exists(path), proc.communicate()
 
 
-def test_ctrl_c_is_one_line_and_a_second_run_is_refused(tmp_path):
-    """6, 2: Ctrl-C (SIGINT to the process group, as a terminal sends it) ends a two-process search with one
-    line and exit 130, and the resume continues it to the end; while it runs, its folder's lock refuses a
-    second run; a stale temp file of a killed save is removed on the next start."""
+def test_lock_parent_kill_resume_and_ctrl_c(tmp_path):
+    """2, 6: a two-process search holds its folder (a second run there is refused); SIGKILL of its parent takes
+    the workers with it (none finishes the run alone); the resume removes the temp file a killed save left
+    and continues; Ctrl-C (SIGINT to the process group, as a terminal sends it) ends it with one line and
+    exit 130, no traceback."""
     out = tmp_path / "run"
-    proc = run_proc(["search.py"] + TOY + ["--epochs", "8", "--warmup-epochs", "1", "--procs", "2",
-                                           "--batch-size", "16", "--out", str(out)], start_new_session=True)
-    wait_for(out / "checkpoint.pt", proc)
+    first = run_proc(["search.py"] + TOY + ["--epochs", "40", "--warmup-epochs", "1", "--procs", "2",
+                                            "--batch-size", "16", "--out", str(out)], start_new_session=True)
+    wait_for(out / "checkpoint.pt", first)
     with pytest.raises(cli.UsageError, match="another run .pid"):  # what a second search.py there would hear
         cli.claim_folder(str(out))
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err, err
-    assert [line for line in err.strip().splitlines() if "interrupted" in line] == [err.strip().splitlines()[-1]]
-    (out / "checkpoint.pt.tmp424242").write_bytes(b"half a checkpoint")
-    r = subprocess.run([sys.executable, "search.py", "--resume", "--out", str(out)], cwd=ROOT, text=True,
-                       capture_output=True, timeout=240)
-    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
-    assert not (out / "checkpoint.pt.tmp424242").exists()
-    assert cli.load_checkpoint(str(out / "checkpoint.pt"))["epoch"] == 8
-
-
-def test_workers_die_with_their_parent(tmp_path):
-    """2: SIGKILL of a --procs 2 search's parent takes its workers with it (none finishes the run alone)."""
-    out = tmp_path / "run"
-    proc = run_proc(["search.py"] + TOY + ["--epochs", "30", "--warmup-epochs", "1", "--procs", "2",
-                                           "--batch-size", "16", "--out", str(out)])
-    wait_for(out / "checkpoint.pt", proc)
-    children = [int(p) for p in os.listdir("/proc") if p.isdigit() and ppid(int(p)) == proc.pid]
-    assert len(children) >= 2
-    proc.kill()
-    proc.wait()
+    workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and ppid(int(p)) == first.pid]
+    assert len(workers) >= 2
+    first.kill()
+    first.communicate()
     deadline = time.time() + 20
-    while any(alive(c) for c in children) and time.time() < deadline:
+    while any(alive(c) for c in workers) and time.time() < deadline:
         time.sleep(0.1)
-    assert not any(alive(c) for c in children)
+    assert not any(alive(c) for c in workers)
+    epoch = cli.load_checkpoint(str(out / "checkpoint.pt"))["epoch"]
+    (out / "checkpoint.pt.tmp424242").write_bytes(b"half a checkpoint")
+    second = run_proc(["search.py", "--resume", "--out", str(out)], start_new_session=True)
+    deadline = time.time() + 120
+    while cli.load_checkpoint(str(out / "checkpoint.pt"))["epoch"] <= epoch and time.time() < deadline \
+            and second.poll() is None:
+        time.sleep(0.1)
+    assert not (out / "checkpoint.pt.tmp424242").exists()
+    os.killpg(second.pid, signal.SIGINT)
+    _, err = second.communicate(timeout=60)
+    lines = err.strip().splitlines()
+    assert second.returncode == 130 and "Traceback" not in err, err
+    assert [line for line in lines if "interrupted" in line] == [lines[-1]]
 
 
 def ppid(pid):
