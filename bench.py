@@ -147,7 +147,7 @@ class Bench:
         d = DEFAULTS.get(space.name, DEFAULTS["mbv2"])
         self.device = device
         # the super network's steps in bf16 autocast, as search.py --amp runs them; the reference stays float32
-        self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+        self.autocast = lambda: runtime.autocast(device, amp)
         torch.manual_seed(seed)
         self.net = SuperNet(space).to(device, memory_format=torch.channels_last).train()  # as search.Context
         # the reference's modules: the same weights, contiguous, stock nn.Conv2d, in-place ReLU6
@@ -465,7 +465,7 @@ def retrain_step(arch, dev, batch_size, amp, steps):
                              torch.randint(0, arch["num_classes"], (batch_size,)))  # on the device: the step alone
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=4e-5)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp)
+    autocast = runtime.autocast(dev, amp)
 
     def run(n):
         bar = runtime.Progress("retrain", n, batch_size, enabled=False)

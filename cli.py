@@ -159,11 +159,15 @@ def write_atomic(path, write):
         raise
 
 
-def save_json_atomic(obj, path, indent=1):
+def save_text_atomic(text, path):
     def write(tmp):
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=indent)
+            f.write(text)
     write_atomic(path, write)
+
+
+def save_json_atomic(obj, path, indent=1):
+    save_text_atomic(json.dumps(obj, indent=indent), path)
 
 
 def save_atomic(obj, path):

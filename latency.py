@@ -28,6 +28,7 @@ import time
 
 import torch
 
+import runtime
 from cli import ArgumentParser, UsageError, check_ranges, output_file, run_cli, save_json_atomic
 from cost import arch_cost, load_table, parse_signature, space_signatures, table_meta
 from retrain import ArchNet
@@ -101,11 +102,6 @@ def op_latency(sig, act, dev, batch_size, warmup, repeats):
 # ----------------------------------------------------------------------------------------
 # Measuring a table, resumably
 
-def fmt_s(s):
-    s = int(s)
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def slowest(costs, k=3):
     top = sorted(costs.items(), key=lambda kv: -kv[1])[:k]
     return ", ".join(f"{s} {c:.3f}ms" for s, c in top)
@@ -125,7 +121,7 @@ def measure(sigs, costs, act, dev, batch_size, warmup, repeats, save=None, every
         now = time.time()
         if now - last >= every or k == len(todo):
             last, rate = now, k / max(now - t0, 1e-9)
-            print(f"[{done0 + k}/{len(sigs)}] {rate:.1f} ops/s, ETA {fmt_s((len(todo) - k) / rate)}; "
+            print(f"[{done0 + k}/{len(sigs)}] {rate:.1f} ops/s, ETA {runtime.fmt_time((len(todo) - k) / rate)}; "
                   f"slowest: {slowest({s: costs[s] for s in sigs if s in costs})}", flush=True)
     if save:
         save(costs)

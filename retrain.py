@@ -89,12 +89,12 @@ def train_epoch(net, loader, opt, criterion, lr_at, step, device, autocast, bar)
 
 def retrain_worker(rank, world, device, args):
     main_rank, cuda = rank == 0, device.type == "cuda"
-    workers = args.workers if args.workers is not None else (4 if cuda else 0)
+    workers = runtime.workers(args, device)
     arch = load_arch(args.arch)
     data = load_data(args.data, "retrain", args.seed, arch["input_size"], args.subset)
     torch.manual_seed(args.seed)
     net = ArchNet(arch).to(device, memory_format=torch.channels_last)  # faster on oneDNN and cuDNN alike
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and args.amp)
+    autocast = runtime.autocast(device, args.amp)
     eval_loader = make_loader(data.val, args.batch_size, False, 0, args.seed, rank, world, workers, cuda,
                               drop_last=False)
     if args.eval:

@@ -28,6 +28,16 @@ from cli import UsageError, die_with_parent
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 
+def workers(args, device):
+    """Data-loading worker processes: --workers, else 4 on CUDA and none on the CPU (the main process loads)."""
+    return args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
+
+
+def autocast(device, amp):
+    """bf16 autocast on CUDA with --amp; a no-op context otherwise."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
 def add_device_args(ap):
     g = ap.add_argument_group("devices and distribution")
     g.add_argument("--gpus", type=int, default=0, help="train on N GPUs, one process each, NCCL (default 0: CPU)")
@@ -157,8 +167,8 @@ def data_parallel(model, device):
     if world_size() == 1:
         return model
     # gradients as views of DDP's buckets: no copy, and channels-last grads need not match the buckets' strides
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                                     gradient_as_bucket_view=True)
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
 
 
 def average_gradients(params):

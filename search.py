@@ -231,7 +231,7 @@ class Context:
         self.rank, self.world, self.device, self.args = rank, world, device, args
         self.main = rank == 0
         self.cuda = device.type == "cuda"
-        self.workers = args.workers if args.workers is not None else (4 if self.cuda else 0)
+        self.workers = runtime.workers(args, device)
         self.data = runtime.main_first(lambda: load_data(args.data, "search", args.seed, args.input_size,
                                                          args.subset, args.classes, split_file=split_path(args)))
         self.space = get_space(args.space, self.data.input_size, self.data.in_channels, self.data.num_classes,
@@ -261,7 +261,7 @@ class Context:
             self.synced_steps += 1
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.args.amp)
+        return runtime.autocast(self.device, self.args.amp)
 
     def progress(self, name, steps, epoch):
         a = self.args
@@ -371,9 +371,7 @@ def keep_log_before(path, last, key="epoch"):
         return
     with open(path) as f:
         lines = [ln for ln in f if ln.strip() and json.loads(ln)[key] <= last]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(lines)
-    os.replace(path + ".tmp", path)
+    cli.save_text_atomic("".join(lines), path)
 
 
 def end_of_epoch(ctx, rec, seconds, log_path):
@@ -468,7 +466,7 @@ def random_search_worker(rank, world, device, args):
     (the search's SGD recipe), evaluate it on the validation split, keep the best as OUT/arch.json.
     OUT/random_search.json records every finished sample, so a resumed run skips them."""
     main_rank, cuda = rank == 0, device.type == "cuda"
-    workers = args.workers if args.workers is not None else (4 if cuda else 0)
+    workers = runtime.workers(args, device)
     data = runtime.main_first(lambda: load_data(args.data, "search", args.seed, args.input_size, args.subset,
                                                 args.classes, split_file=split_path(args)))
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
@@ -484,7 +482,7 @@ def random_search_worker(rank, world, device, args):
               f"{world} process(es) on {device}" + (f"; resuming after {len(records)}" if records else ""), flush=True)
         keep_log_before(log_path, len(records), key="sample")
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and args.amp)
+    autocast = runtime.autocast(device, args.amp)
     val_loader = make_loader(data.val, args.batch_size, False, 0, args.seed, rank, world, workers, cuda,
                              drop_last=False)
     steps = len(make_loader(data.train, args.batch_size, True, 0, args.seed, rank, world))

@@ -29,11 +29,11 @@ import cli
 import retrain
 import runtime
 import search
-from cli import ArgumentParser, UsageError, run_cli, save_json_atomic, write_atomic
+from cli import ArgumentParser, UsageError, run_cli, save_json_atomic, save_text_atomic
 from cost import CostModel, arch_cost, flops_table
 from draw import scatter_svg
 from supernet import SPACES, get_space, load_arch
-from viterbi import derive, random_arch_params, write_text
+from viterbi import derive, random_arch_params
 
 PRESET = "laptop"
 
@@ -82,11 +82,8 @@ def estimation(args):
     space = get_space(args.space, args.input_size, 3, args.num_classes, args.connect)
     result, points = estimation_experiment(space, args.samples, args.seed, args.scale)
     if args.csv:
-        def write(tmp):
-            with open(tmp, "w") as f:
-                f.write("real_flops,chained_flops,local_flops\n")
-                f.writelines(f"{r:.0f},{c:.1f},{l:.1f}\n" for r, c, l in points)
-        write_atomic(args.csv, write)
+        save_text_atomic("real_flops,chained_flops,local_flops\n"
+                         + "".join(f"{r:.0f},{c:.1f},{l:.1f}\n" for r, c, l in points), args.csv)
     real = [r for r, _, _ in points]
     print(f"{args.samples} random (alpha, beta) in '{space.name}' at {space.input_size}px; real FLOPs of the "
           f"derived archs {min(real) / 1e6:.1f}M .. {max(real) / 1e6:.1f}M")
@@ -165,7 +162,7 @@ def table1(args):
     save_json_atomic(result, os.path.join(args.out, "table1.json"))
     series = {kind: (colour, [(r["flops"] / 1e6, r["test_top1"]) for r in rows if r["kind"] == kind])
               for kind, colour in (("random", "#9e9e9e"), ("searched", "#d62728"))}
-    write_text(scatter_svg(series, "FLOPs (millions)", "test top-1 (%)",
+    save_text_atomic(scatter_svg(series, "FLOPs (millions)", "test top-1 (%)",
                            "Table 1 at laptop scale: searched vs random at equal FLOPs"),
                os.path.join(args.out, "table1.svg"))
     print(f"\n== Table 1 at laptop scale ({len(args.seeds)} seeds, {args.random} random networks each) ==")

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -360,7 +361,7 @@ class SpaceDef:
     stem_out: int
     b0_ops: tuple  # fixed layers of B_0 after the stem conv
     b0_out: int
-    blocks: tuple  # (channels, level, stage, layers) for B_1 .. B_{n-1}
+    blocks: tuple  # Row(channels, level, stage, layers) for B_1 .. B_{n-1}
     end_width: int
     candidates: tuple  # basic-layer candidates
     align_candidates: tuple  # shape-alignment candidates
@@ -372,36 +373,57 @@ class SpaceDef:
     derived_end_conv: bool = True  # the derived network keeps the ending 1x1 conv (the ResNets of Table 6 do not)
 
 
-MBV2 = SpaceDef(
-    "mbv2", 16, ("mbconv_k3_e1",), 16,
-    tuple([(24, 1, 1, 3)] + [(c, 2, 2, 3) for c in (32, 40, 48)] + [(c, 3, 3, 3) for c in (56, 64, 72)]
-          + [(c, 3, 4, 3) for c in (96, 112, 128)] + [(c, 4, 5, 3) for c in (160, 176, 192)]
-          + [(c, 4, 6, 0) for c in (320, 352, 384)]),
-    1984, tuple(MBCONVS + ["skip"]), tuple(MBCONVS), "relu6", 4)
+class Row(NamedTuple):
+    """One routing block of a space: its width, resolution level (halvings after B_0), stage and basic layers."""
+    channels: int
+    level: int
+    stage: int
+    layers: int
 
+
+def rows(widths, level, stage, layers):
+    """The routing blocks of one stage (Sec. 3.1.2): one level, stage and layer count, growing widths."""
+    return tuple(Row(c, level, stage, layers) for c in widths)
+
+
+# Sec. 3.1 and Fig. 3 (arXiv v1's Sec. 3.1.3): MobileNetV2-based, searched on GPU latency
+MBV2 = SpaceDef(
+    name="mbv2", stem_out=16, b0_ops=("mbconv_k3_e1",), b0_out=16,
+    blocks=(rows([24], level=1, stage=1, layers=3) + rows([32, 40, 48], level=2, stage=2, layers=3)
+            + rows([56, 64, 72], level=3, stage=3, layers=3) + rows([96, 112, 128], level=3, stage=4, layers=3)
+            + rows([160, 176, 192], level=4, stage=5, layers=3) + rows([320, 352, 384], level=4, stage=6, layers=0)),
+    end_width=1984, candidates=tuple(MBCONVS + ["skip"]), align_candidates=tuple(MBCONVS), act="relu6", connect=4)
+
+# supplement A.4 and Table 6: ResNet-based, searched on FLOPs
 RESNET = SpaceDef(
-    "resnet", 32, (), 32,
-    tuple([(c, 1, 1, 0) for c in (48, 56, 64)] + [(c, 2, 2, 5) for c in (72, 96, 112)]
-          + [(c, 3, 3, 15) for c in (128, 144, 160, 176)] + [(c, 3, 4, 5) for c in (192, 208, 224)]
-          + [(c, 4, 5, 5) for c in (240, 256, 272, 288)] + [(c, 4, 6, 1) for c in (480, 496, 512)]),
-    512, ("basic_block", "skip"), ("basic_block",), "relu", 10, skip_price=0.1, temperature=0.9,
-    derived_end_conv=False)
+    name="resnet", stem_out=32, b0_ops=(), b0_out=32,
+    blocks=(rows([48, 56, 64], level=1, stage=1, layers=0) + rows([72, 96, 112], level=2, stage=2, layers=5)
+            + rows([128, 144, 160, 176], level=3, stage=3, layers=15)
+            + rows([192, 208, 224], level=3, stage=4, layers=5)
+            + rows([240, 256, 272, 288], level=4, stage=5, layers=5)
+            + rows([480, 496, 512], level=4, stage=6, layers=1)),
+    end_width=512, candidates=("basic_block", "skip"), align_candidates=("basic_block",), act="relu", connect=10,
+    skip_price=0.1, temperature=0.9, derived_end_conv=False)
 
 # small enough that a forward+backward of the whole super network takes well under a second
 TOY = SpaceDef(
-    "toy", 8, ("mbconv_k3_e1",), 8,
-    ((12, 1, 1, 1), (16, 2, 2, 1), (20, 2, 2, 1), (24, 3, 3, 1), (32, 3, 3, 1), (40, 3, 4, 0)),
-    64, tuple(MBCONVS + ["skip"]), tuple(MBCONVS), "relu6", 3)
+    name="toy", stem_out=8, b0_ops=("mbconv_k3_e1",), b0_out=8,
+    blocks=(rows([12], level=1, stage=1, layers=1) + rows([16, 20], level=2, stage=2, layers=1)
+            + rows([24, 32], level=3, stage=3, layers=1) + rows([40], level=3, stage=4, layers=0)),
+    end_width=64, candidates=tuple(MBCONVS + ["skip"]), align_candidates=tuple(MBCONVS), act="relu6", connect=3)
 
 # MobileNetV2-like, scaled down for 28-32 px images on a CPU (the laptop walkthrough, search.py --preset laptop).
 # Two MBConvs per layer (a light and a heavy one; and skip in basic layers), not six: under dropping-path each
 # candidate trains only on the steps that sample it, and with six the super network stays near chance for the
 # first thousand steps, most of a laptop's budget (README, "How the laptop preset departs from the paper").
 MINI = SpaceDef(
-    "mini", 16, ("mbconv_k3_e1",), 16,
-    ((16, 1, 1, 1), (24, 1, 1, 2), (32, 2, 2, 1), (40, 2, 2, 2), (48, 2, 3, 2), (64, 3, 4, 1), (80, 3, 4, 2),
-     (96, 3, 5, 0)),
-    256, ("mbconv_k3_e3", "mbconv_k5_e6", "skip"), ("mbconv_k3_e3", "mbconv_k5_e6"), "relu6", 3, start_alike=True)
+    name="mini", stem_out=16, b0_ops=("mbconv_k3_e1",), b0_out=16,
+    blocks=(rows([16], level=1, stage=1, layers=1) + rows([24], level=1, stage=1, layers=2)
+            + rows([32], level=2, stage=2, layers=1) + rows([40], level=2, stage=2, layers=2)
+            + rows([48], level=2, stage=3, layers=2) + rows([64], level=3, stage=4, layers=1)
+            + rows([80], level=3, stage=4, layers=2) + rows([96], level=3, stage=5, layers=0)),
+    end_width=256, candidates=("mbconv_k3_e3", "mbconv_k5_e6", "skip"),
+    align_candidates=("mbconv_k3_e3", "mbconv_k5_e6"), act="relu6", connect=3, start_alike=True)
 
 SPACES = {s.name: s for s in (MBV2, RESNET, MINI, TOY)}
 
@@ -444,10 +466,11 @@ class Space:
         # at 224 the stem halves the input (the paper's resolutions); under 64 px it keeps it (CIFAR)
         self.stem_stride = 2 if self.input_size >= 64 else 1
         r0 = halve(self.input_size, self.stem_stride - 1)
-        rows = [(d.b0_out, 0, 0, 0)] + list(d.blocks)
-        last = d.blocks[-1]
-        rows.append((d.end_width, last[1], last[2] + 1, 0))  # ending block: one stage past the last
-        self.blocks = [Block(k, c, halve(r0, lv), lv, st, nl) for k, (c, lv, st, nl) in enumerate(rows)]
+        last = Row(*d.blocks[-1])
+        table = [Row(d.b0_out, 0, 0, 0)] + [Row(*r) for r in d.blocks]
+        table.append(Row(d.end_width, last.level, last.stage + 1, 0))  # ending block: one stage past the last
+        self.blocks = [Block(k, r.channels, halve(r0, r.level), r.level, r.stage, r.layers)
+                       for k, r in enumerate(table)]
         self.edges = [(i, j) for i in range(self.n) for j in range(i + 1, self.n + 1) if self.connects(i, j)]
         self.out_slices = []
         for i in range(self.n):

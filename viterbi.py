@@ -12,7 +12,7 @@ import os
 import torch
 
 from cli import (ArgumentParser, UsageError, check_ranges, output_file, read_json, run_cli, save_json_atomic,
-                 write_atomic)
+                 save_text_atomic)
 from cost import op_flops
 from draw import arch_svg, supernet_svg
 from supernet import SPACES, arch_signatures, arch_text, get_space, load_arch, path_probs
@@ -116,19 +116,12 @@ def load_arch_params(path):
     return space, alphas, p
 
 
-def write_text(text, path):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    write_atomic(path, write)
-
-
 def draw_run(folder):
     """arch.svg and supernet.svg of a search folder, from its arch_params.json."""
     space, alphas, p = load_arch_params(os.path.join(folder, "arch_params.json"))
     arch = derive(space, alphas, p)
-    write_text(arch_svg(arch), os.path.join(folder, "arch.svg"))
-    write_text(supernet_svg(space, p, arch["path"]), os.path.join(folder, "supernet.svg"))
+    save_text_atomic(arch_svg(arch), os.path.join(folder, "arch.svg"))
+    save_text_atomic(supernet_svg(space, p, arch["path"]), os.path.join(folder, "supernet.svg"))
     return arch
 
 
@@ -169,9 +162,9 @@ def main():
     if args.out:
         save_json_atomic(arch, args.out)
     if args.svg:
-        write_text(arch_svg(arch), args.svg)
+        save_text_atomic(arch_svg(arch), args.svg)
     if args.supernet_svg and space is not None:
-        write_text(supernet_svg(space, p, arch["path"]), args.supernet_svg)
+        save_text_atomic(supernet_svg(space, p, arch["path"]), args.supernet_svg)
 
 
 if __name__ == "__main__":
