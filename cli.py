@@ -178,12 +178,18 @@ def save_atomic(obj, path):
 # The run folder: one live run at a time
 
 SETTINGS = "args.json"  # a run's settings, written when it starts; --resume restores them
+CHECKPOINT = "checkpoint.pt"
 LOCK = ".lock"
 _held = {}  # folder -> its open lock file: the lock lasts as long as this process
 
 
 def stale_temp(name):
     return re.search(r"\.tmp\d+$", name) is not None
+
+
+def has_run(out):
+    """Whether OUT holds a run that --resume can continue."""
+    return any(os.path.isfile(os.path.join(out, f)) for f in (SETTINGS, CHECKPOINT))
 
 
 def check_folder(out, resume):
@@ -198,7 +204,7 @@ def check_folder(out, resume):
     if os.path.isdir(out) and not os.access(out, os.W_OK):
         raise UsageError(f"--out {out} is not writable")
     held = sorted(n for n in os.listdir(out) if n != LOCK and not stale_temp(n)) if os.path.isdir(out) else []
-    if resume and SETTINGS not in held:
+    if resume and SETTINGS not in held and CHECKPOINT not in held:
         raise UsageError(f"nothing to resume in {out}: it holds no {SETTINGS} of a run (start one without --resume)")
     if not resume and held:
         raise UsageError(f"{out} already holds {', '.join(held[:3])}{' ...' if len(held) > 3 else ''}; continue "
@@ -233,6 +239,8 @@ def restore_settings(args, given, out, changeable=("resume", "out", "log_every",
     """--resume: every setting of the run in OUT comes back from its args.json; a flag on the command line
     that contradicts it is refused (the ones in `changeable` only steer this process)."""
     if not os.path.isfile(os.path.join(out, SETTINGS)):
+        if os.path.isfile(os.path.join(out, CHECKPOINT)):
+            return  # a run of an older version: its settings are the flags given, compared with its checkpoint
         raise UsageError(f"nothing to resume in {out}: it holds no {SETTINGS} of a run (start one without --resume)")
     saved = read_json(os.path.join(out, SETTINGS), "run settings")
     for key, value in saved.items():
@@ -246,8 +254,9 @@ def restore_settings(args, given, out, changeable=("resume", "out", "log_every",
 
 
 def same_config(have, want, path):
-    """Refuse a checkpoint whose settings differ from the run's (it belongs to another run)."""
-    diff = [k for k in want if want[k] != have.get(k)]
+    """Refuse a checkpoint whose settings differ from the run's (it belongs to another run); a setting that an
+    older checkpoint does not record is not compared (the run's args.json holds it)."""
+    diff = [k for k in want if k in have and want[k] != have[k]]
     if diff:
         k = diff[0]
         raise UsageError(f"{path} was made with {k}={have.get(k)!r}, this run has {want[k]!r}")

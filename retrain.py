@@ -106,7 +106,7 @@ def retrain_worker(rank, world, device, args):
     opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     steps = len(make_loader(data.train, args.batch_size, True, 0, args.seed, rank, world))
-    ck_path = os.path.join(args.out, "checkpoint.pt")
+    ck_path = os.path.join(args.out, cli.CHECKPOINT)
     start, step, history = 0, 0, []
     if args.resume and os.path.exists(ck_path):
         ck = cli.load_checkpoint(ck_path)
@@ -226,7 +226,7 @@ def main(argv=None):
     else:
         args.out = args.out or os.path.join("runs", "retrain-" + os.path.splitext(os.path.basename(args.arch))[0])
         cli.check_folder(args.out, args.resume)
-        ck_path = os.path.join(args.out, "checkpoint.pt")
+        ck_path = os.path.join(args.out, cli.CHECKPOINT)
         if args.resume and os.path.exists(ck_path):
             cli.same_config(cli.load_checkpoint(ck_path).get("config", {}), retrain_config(args), ck_path)
         cli.claim_folder(args.out)

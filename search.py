@@ -54,7 +54,7 @@ RETRAIN_PRESETS = {"laptop": ["--epochs", "5", "--batch-size", "128", "--lr", "0
 IMAGENET_COMMAND = "python search.py --space mbv2 --data /path/to/imagenet --gpus 4"
 # cost units of log_tau(cost) in Eq. 8: latency in ms (tau = 15), FLOPs in millions (tau = 3500)
 UNITS = {"flops": 1e6, "latency_ms": 1.0}
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = cli.CHECKPOINT
 LATENCY_TABLE = "latency_table.json"  # measured by the run when --cost latency has no --lut
 
 
@@ -716,7 +716,7 @@ def search_evidence(out, log):
 def walkthrough_end(args):
     """--preset: retrain the derived network, evaluate it on the test set, and sum up."""
     arch_path, out = os.path.join(args.out, "arch.json"), os.path.join(args.out, "retrain")
-    resume = ["--resume"] if os.path.exists(os.path.join(out, cli.SETTINGS)) else []
+    resume = ["--resume"] if cli.has_run(out) else []
     print(f"\n== retraining the derived network ({' '.join(RETRAIN_PRESETS[args.preset])}) ==", flush=True)
     retrain.main(["--arch", arch_path, "--data", args.data, "--out", out, "--seed", str(args.seed),
                   "--log-every", str(args.log_every)] + RETRAIN_PRESETS[args.preset] + resume)

@@ -50,7 +50,7 @@ def run_search(seed, out, log_every):
                 raise UsageError(f"{folder} was searched with {k}={have.get(k)!r}, the preset has {v!r}; "
                                  "move it away or use another --out")
     if not os.path.exists(summary):
-        resume = ["--resume"] if os.path.exists(os.path.join(folder, cli.SETTINGS)) else []
+        resume = ["--resume"] if cli.has_run(folder) else []
         search.main(["--preset", PRESET, "--seed", str(seed), "--out", folder, "--log-every", str(log_every)] + resume)
     with open(summary) as f:
         return folder, json.load(f)
@@ -64,7 +64,7 @@ def run_random(seed, k, arch, out, log_every):
         os.makedirs(folder, exist_ok=True)
         arch_path = os.path.join(folder, "arch.json")
         save_json_atomic(arch, arch_path)
-        resume = ["--resume"] if os.path.exists(os.path.join(folder, "retrain", cli.SETTINGS)) else []
+        resume = ["--resume"] if cli.has_run(os.path.join(folder, "retrain")) else []
         print(f"\n== seed {seed}: retraining random architecture {k + 1} ({arch_path}) ==", flush=True)
         retrain.main(["--arch", arch_path, "--data", search.PRESETS[PRESET]["data"],
                       "--out", os.path.join(folder, "retrain"),

@@ -489,10 +489,19 @@ class Space:
             self.slots += [Slot(j, None, l, tuple(d.candidates), b.channels, b.channels, 1, b.resolution)
                            for l in range(b.layers)]
 
-    def __getattr__(self, name):  # the definition's fields (name, act, candidates, ...) read through
-        if name == "defn":
-            raise AttributeError(name)
-        return getattr(self.defn, name)
+    # the definition's fields, read through by name (blocks and connect are the concrete space's own)
+    name = property(lambda self: self.defn.name)
+    act = property(lambda self: self.defn.act)
+    stem_out = property(lambda self: self.defn.stem_out)
+    b0_ops = property(lambda self: self.defn.b0_ops)
+    b0_out = property(lambda self: self.defn.b0_out)
+    end_width = property(lambda self: self.defn.end_width)
+    candidates = property(lambda self: self.defn.candidates)
+    align_candidates = property(lambda self: self.defn.align_candidates)
+    skip_price = property(lambda self: self.defn.skip_price)
+    temperature = property(lambda self: self.defn.temperature)
+    start_alike = property(lambda self: self.defn.start_alike)
+    derived_end_conv = property(lambda self: self.defn.derived_end_conv)
 
     @property
     def n(self):
