@@ -20,7 +20,6 @@ import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import cli
 import latency
@@ -419,124 +418,18 @@ def finish(a):
 
 
 # ----------------------------------------------------------------------------------------
-# The random-search baseline (Sec. 4.4, Table 1 "Random Search")
-
-RANDOM_STATE = "random_search.json"
-
-
-def random_arch(space, generator):
-    """One architecture drawn uniformly from the space: a path from B_0 to B_n that picks each next
-    block uniformly among the current block's connections, and a uniform candidate for every layer.
-    It is written as one-hot alpha and p, so derive() (argmax + Viterbi) returns exactly that arch."""
-    def pick(k):
-        return int(torch.randint(k, (), generator=generator))
-    nxt = {}
-    for a, b in space.out_slices:
-        nxt[space.edges[a][0]] = range(a, b)
-    p, i = torch.tensor([1.0 / (b - a) for a, b in space.out_slices for _ in range(a, b)]), 0
-    while i != space.n:
-        out = nxt[i]
-        chosen = out[pick(len(out))]
-        p[out.start:out.stop] = 0.0
-        p[chosen] = 1.0
-        i = space.edges[chosen][1]
-    alphas = [F.one_hot(torch.tensor(pick(len(s.candidates))), len(s.candidates)).float() for s in space.slots]
-    return alphas, p
-
-
-def draw_in_window(space, table, k, target, generator, tolerance=0.05, max_draws=20000):
-    """k uniform random architectures whose FLOPs lie within `tolerance` of target (rejection sampling)."""
-    kept, seen = [], []
-    for _ in range(max_draws):
-        alphas, p = random_arch(space, generator)
-        arch = derive(space, alphas, p)
-        flops = arch_cost(arch, table)
-        seen.append(flops)
-        if abs(flops - target) <= tolerance * target:
-            kept.append((arch, alphas, p, flops))
-            if len(kept) == k:
-                return kept
-    raise UsageError(f"only {len(kept)} of {max_draws} random architectures lie within {tolerance:.0%} of "
-                     f"{target / 1e6:.2f}M FLOPs (drawn: {min(seen) / 1e6:.2f}M to {max(seen) / 1e6:.2f}M); "
-                     "choose --target-flops in that range")
-
-
-def random_search_worker(rank, world, device, args):
-    """Train each of --random K sampled architectures for --epochs on the search's training split
-    (the search's SGD recipe), evaluate it on the validation split, keep the best as OUT/arch.json.
-    OUT/random_search.json records every finished sample, so a resumed run skips them."""
-    main_rank, cuda = rank == 0, device.type == "cuda"
-    workers = runtime.workers(args, device)
-    data = runtime.main_first(lambda: load_data(args.data, "search", args.seed, args.input_size, args.subset,
-                                                args.classes, split_file=split_path(args)))
-    space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
-    draws = draw_in_window(space, flops_table(space), args.random, args.target_flops,
-                           torch.Generator().manual_seed(args.seed))
-    state_path, log_path = os.path.join(args.out, RANDOM_STATE), os.path.join(args.out, "search_log.jsonl")
-    records = []
-    if args.resume and os.path.exists(state_path):
-        records = load_random_state(state_path)["records"]
-    if main_rank:
-        print(f"random search in '{args.space}': {args.random} architectures within 5% of "
-              f"{args.target_flops / 1e6:.2f}M FLOPs, {args.epochs} epochs each; data {data.info}; "
-              f"{world} process(es) on {device}" + (f"; resuming after {len(records)}" if records else ""), flush=True)
-        keep_log_before(log_path, len(records), key="sample")
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    autocast = runtime.autocast(device, args.amp)
-    val_loader = make_loader(data.val, args.batch_size, False, 0, args.seed, rank, world, workers, cuda,
-                             drop_last=False)
-    steps = len(make_loader(data.train, args.batch_size, True, 0, args.seed, rank, world))
-    for k in range(len(records), args.random):
-        arch, alphas, p, flops = draws[k]
-        t0 = time.time()
-        torch.manual_seed(args.seed * 1000 + k)
-        net = retrain.ArchNet(arch).to(device, memory_format=torch.channels_last)
-        opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-        step, total, trained = 0, args.epochs * steps, runtime.data_parallel(net, device)
-        for epoch in range(args.epochs):
-            loader = make_loader(data.train, args.batch_size, True, epoch, args.seed, rank, world, workers, cuda)
-            later = ((args.random - k - 1) * args.epochs + args.epochs - epoch - 1) * steps
-            bar = runtime.Progress(f"[sample {k + 1}/{args.random} epoch {epoch + 1}/{args.epochs}]", len(loader),
-                                   args.batch_size, later, every=args.log_every, enabled=main_rank)
-            step = retrain.train_epoch(trained, loader, opt, criterion,
-                                       lambda t: runtime.cosine_lr(t, total, args.lr, args.lr_min), step, device,
-                                       autocast, bar)
-        runtime.broadcast_buffers(net)  # rank 0's BN statistics after the last step, as retrain.py does
-        top1, top5 = retrain.evaluate(net, val_loader, device, autocast)
-        rec = {"sample": k + 1, "stage": "random", "val_acc": top1, "val_top5": top5, "arch_cost": flops,
-               "metric": "flops", "path": arch["path"], "widths": [b["out"] for b in arch["blocks"]],
-               "seconds": time.time() - t0, "arch": arch, "alphas": [a.tolist() for a in alphas], "p": p.tolist()}
-        records.append(rec)
-        if main_rank:
-            best = max(records, key=lambda r: r["val_acc"])
-            if best is rec:
-                save_json_atomic(arch, os.path.join(args.out, "arch.json"))
-                save_arch_params(space, alphas, p, os.path.join(args.out, "arch_params.json"))
-            with open(log_path, "a") as f:
-                f.write(json.dumps({key: v for key, v in rec.items() if key not in ("arch", "alphas", "p")}) + "\n")
-            save_json_atomic({"config": run_config(args), "records": records}, state_path)
-            print(f"sample {k + 1}/{args.random} {runtime.fmt_time(rec['seconds'])}: {flops / 1e6:.2f}M FLOPs, widths "
-                  f"{rec['widths']}, val acc {top1:.2f}% (best so far {best['val_acc']:.2f}%, sample {best['sample']})",
-                  flush=True)
-        runtime.barrier()
-    if main_rank:
-        best = max(records, key=lambda r: r["val_acc"])
-        save_json_atomic(best["arch"], os.path.join(args.out, "arch_best.json"))
-        print(f"\nbest of {len(records)}: sample {best['sample']}, val acc {best['val_acc']:.2f}%")
-        finish(args)
-
-
-# ----------------------------------------------------------------------------------------
 # Command line
 
-def parse_args(argv=None):
+def parse_args(argv=None, random=False):
+    """The search's settings; random=True adds the random-search baseline's (studies.py random, Table 1)."""
     ap = ArgumentParser(__doc__)
     ap.add_argument("--preset", choices=list(PRESETS),
                     help="laptop: search the 'mini' space on Fashion-MNIST, retrain the result and evaluate it on "
                          "the test set, all on a CPU in about 13 minutes (flags given override its settings)")
     ap.add_argument("--space", help=f"search space: {', '.join(SPACES)} (default mbv2)")
     ap.add_argument("--data", help="fashion-mnist (default), fake, or an ImageFolder root with train/<class>/*")
-    ap.add_argument("--out", default=None, help="output folder (default runs/search-SPACE, runs/random-SPACE with --random)")
+    ap.add_argument("--out", default=None, help="output folder (default runs/search-SPACE; runs/random-SPACE for "
+                                                 "studies.py random)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     ap.add_argument("--seed", type=int, default=0, help="seed of data order, sampling and init (default 0)")
     ap.add_argument("--input-size", type=int, default=None,
@@ -553,12 +446,15 @@ def parse_args(argv=None):
                     help="chained (Eq. 6-7, default) or local (Eq. 9, Table 7 ablation)")
     ap.add_argument("--eval-from", type=int, default=None,
                     help="evaluate the super network from this epoch on; keeps arch_best.json (default: first search epoch)")
-    r = ap.add_argument_group("random-search baseline (Table 1)")
-    r.add_argument("--random", type=int, metavar="K",
-                   help="instead of searching, train K uniformly sampled architectures within 5%% of --target-flops "
-                        "for --epochs each (default 5) and keep the best by validation accuracy (paper: 15)")
-    r.add_argument("--target-flops", type=parse_flops, metavar="F",
-                   help="FLOPs (multiply-accumulates) of the random samples, e.g. 361M (DenseNAS-C) or 3.6e8")
+    ap.set_defaults(random=None, target_flops=None)
+    if random:
+        r = ap.add_argument_group("random-search baseline (Table 1)")
+        r.add_argument("--random", type=int, metavar="K", required=True,
+                       help="instead of searching, train K uniformly sampled architectures within 5%% of "
+                            "--target-flops for --epochs each (default 5) and keep the best by validation "
+                            "accuracy (paper: 15)")
+        r.add_argument("--target-flops", type=parse_flops, metavar="F", required=True,
+                       help="FLOPs (multiply-accumulates) of the random samples, e.g. 361M (DenseNAS-C) or 3.6e8")
     ap.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines (default 5)")
     h = ap.add_argument_group("schedule and optimisers (defaults: the paper's, per space)")
 
@@ -583,15 +479,14 @@ def parse_args(argv=None):
     if args.resume:  # every setting comes back from the run in OUT; a flag may only agree with it
         args.out = args.out or default_out(args)
         cli.restore_settings(args, ap.given(argv), args.out)
-    if args.random is not None:
-        if args.random < 1 or not args.target_flops:
-            raise UsageError("--random K needs K >= 1 and --target-flops F (e.g. --random 15 --target-flops 361M)")
+    if bool(args.random) != random:
+        raise UsageError(f"{args.out} holds a random search: continue it with studies.py random --resume --out "
+                         f"{args.out}" if args.random else f"{args.out} holds a search, not a random search")
+    if random:
         if args.lut or args.cost == "latency":
-            raise UsageError("--random samples by FLOPs; drop --lut and --cost latency")
+            raise UsageError("the random search samples by FLOPs; drop --lut and --cost latency")
         args.epochs = args.epochs or (None if args.preset else 5)
         args.warmup_epochs = 0  # no super network: nothing to warm up
-    elif args.target_flops:
-        raise UsageError("--target-flops goes with --random K")
     for k, v in PRESETS.get(args.preset, {}).items():
         if getattr(args, k) is None:
             setattr(args, k, default_out(args) if k == "out" else v)
@@ -645,19 +540,10 @@ def parse_flops(text):
     return value
 
 
-def load_random_state(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        raise UsageError(f"{path} is not a random-search record (it may be corrupt)") from None
-
-
 def check_run(args):
     """Everything that can be refused is refused here, before anything is written to OUT."""
     runtime.check_devices(args)
     cli.check_folder(args.out, args.resume)
-    ck_path = os.path.join(args.out, RANDOM_STATE if args.random else CHECKPOINT)
     data = load_data(args.data, "search", args.seed, args.input_size, args.subset, args.classes,
                      split_file=None)
     for split in ("train", "val"):
@@ -669,24 +555,30 @@ def check_run(args):
     if args.cost == "flops" and args.space == "mbv2" and not args.random:
         print("cost: FLOPs, as no latency table is given (the paper searches this space on GPU latency, Sec. 4.1; "
               "on CUDA this search measures one, or pass --lut FILE or --cost latency)", flush=True)
-    if args.random:
-        draw_in_window(space, flops_table(space), args.random, args.target_flops, torch.Generator().manual_seed(args.seed))
-    if args.resume and os.path.exists(ck_path):
-        ck = load_random_state(ck_path) if args.random else cli.load_checkpoint(ck_path)
+    ck_path = os.path.join(args.out, CHECKPOINT)
+    if args.resume and os.path.exists(ck_path) and not args.random:
+        ck = cli.load_checkpoint(ck_path)
         if not isinstance(ck, dict) or "config" not in ck:
             raise UsageError(f"{ck_path} is not a search checkpoint")
         cli.same_config(ck["config"], run_config(args), ck_path)
+    return space
+
+
+def start_run(args, worker):
+    """Take OUT, record the run's settings (a resume keeps the record), run `worker` on every process, and
+    for --preset retrain the result and sum up."""
+    cli.claim_folder(args.out)
+    if not args.resume:  # the record of the run: --resume restores it, and never rewrites it
+        save_json_atomic(vars(args), os.path.join(args.out, cli.SETTINGS))
+    runtime.launch(worker, args)
+    if args.preset:
+        walkthrough_end(args)
 
 
 def main(argv=None):
     args = parse_args(argv)
     check_run(args)
-    cli.claim_folder(args.out)
-    if not args.resume:  # the record of the run: --resume restores it, and never rewrites it
-        save_json_atomic(vars(args), os.path.join(args.out, cli.SETTINGS))
-    runtime.launch(random_search_worker if args.random else search_worker, args)
-    if args.preset:
-        walkthrough_end(args)
+    start_run(args, search_worker)
 
 
 def read_log(out):
@@ -751,7 +643,9 @@ def walkthrough_end(args):
     print(f"retrained from scratch, test accuracy ({args.data}, its evaluation set): top-1 {report['top1']:.2f}%")
     save_json_atomic(summary, os.path.join(args.out, "summary.json"))
     print(f"outputs: {args.out}/ (summary.json, arch.json, arch.svg, supernet.svg, search_log.jsonl, retrain/)")
-    command = IMAGENET_COMMAND + (" --random 15 --epochs 5 --target-flops 361M" if args.random else "")
+    command = IMAGENET_COMMAND
+    if args.random:
+        command = command.replace("search.py", "studies.py random") + " --random 15 --epochs 5 --target-flops 361M"
     print(f"the same search on ImageNet with 4 GPUs:  {command}")
 
 

@@ -1,5 +1,9 @@
 """The paper's comparisons that drive the method rather than belong to it, each a subcommand.
 
+  random      The random-search baseline (Sec. 4.4, Table 1 "Random Search"): K architectures drawn
+              uniformly from the space (a random path, a random candidate per layer) within 5% of a
+              FLOPs target, each trained briefly with the search's recipe, the best by validation
+              accuracy kept as OUT/arch.json. Takes search.py's flags and --random K --target-flops F.
   table1      Table 1 at laptop scale: DenseNAS against random search at equal cost (Sec. 4.4).
               For every search seed, the laptop walkthrough (search.py --preset laptop --seed S)
               searches the `mini` space on Fashion-MNIST and retrains its derived network; then
@@ -15,15 +19,19 @@
 
 They have a file of their own so that search.py reads as the paper's search and cost.py as its cost.
 
+    python studies.py random --space mbv2 --data /path/to/imagenet --gpus 4 --random 15 --epochs 5 --target-flops 361M
     python studies.py table1 --seeds 0 1 2 --random 3 [--out runs/table1]
     python studies.py estimation --space mbv2 --samples 1500 [--seed S] [--csv points.csv]
 """
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 import cli
 import retrain
@@ -31,9 +39,10 @@ import runtime
 import search
 from cli import ArgumentParser, UsageError, run_cli, save_json_atomic, save_text_atomic
 from cost import CostModel, arch_cost, flops_table
+from data import load_data, make_loader
 from draw import scatter_svg
 from supernet import SPACES, get_space, load_arch
-from viterbi import derive, random_arch_params
+from viterbi import derive, random_arch_params, save_arch_params
 
 PRESET = "laptop"
 
@@ -95,8 +104,13 @@ def estimation(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["random"]:  # search.py's own parser, with the baseline's two flags
+        return random_search(argv[1:])
     ap = ArgumentParser(__doc__)
-    sub = ap.add_subparsers(dest="study", required=True, metavar="{table1,estimation}")
+    sub = ap.add_subparsers(dest="study", required=True, metavar="{table1,estimation,random}")
+    sub.add_parser("random", help="the random-search baseline: search.py's flags and --random K --target-flops F "
+                                  "(studies.py random --help)")
     t = sub.add_parser("table1", help="searched against random networks at equal FLOPs (Table 1)")
     t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search seeds (default 0 1 2)")
     t.add_argument("--random", type=int, default=3, metavar="R",
@@ -141,7 +155,7 @@ def table1(args):
         space = get_space(arch["space"], arch["input_size"], arch["in_channels"], arch["num_classes"])
         # the same draws on every run of the study: the seed picks them
         try:
-            draws = search.draw_in_window(space, flops_table(space), args.random, summary["flops"],
+            draws = draw_in_window(space, flops_table(space), args.random, summary["flops"],
                                           torch.Generator().manual_seed(seed))
         except UsageError as e:  # a searched network where random ones hardly ever fall: say so, go on
             print(f"seed {seed}: no random networks to compare: {e}", flush=True)
@@ -215,6 +229,134 @@ def estimation_experiment(space, samples, seed=0, scale=1.0):
                         "mean_rel_error": sum(abs(q - r) / r for q, r in zip(pred, real)) / samples}
     return result, points
 
+
+
+# ----------------------------------------------------------------------------------------
+# The random-search baseline (Sec. 4.4, Table 1 "Random Search")
+
+RANDOM_STATE = "random_search.json"
+
+
+def random_arch(space, generator):
+    """One architecture drawn uniformly from the space: a path from B_0 to B_n that picks each next
+    block uniformly among the current block's connections, and a uniform candidate for every layer.
+    It is written as one-hot alpha and p, so derive() (argmax + Viterbi) returns exactly that arch."""
+    def pick(k):
+        return int(torch.randint(k, (), generator=generator))
+    nxt = {}
+    for a, b in space.out_slices:
+        nxt[space.edges[a][0]] = range(a, b)
+    p, i = torch.tensor([1.0 / (b - a) for a, b in space.out_slices for _ in range(a, b)]), 0
+    while i != space.n:
+        out = nxt[i]
+        chosen = out[pick(len(out))]
+        p[out.start:out.stop] = 0.0
+        p[chosen] = 1.0
+        i = space.edges[chosen][1]
+    alphas = [F.one_hot(torch.tensor(pick(len(s.candidates))), len(s.candidates)).float() for s in space.slots]
+    return alphas, p
+
+
+def draw_in_window(space, table, k, target, generator, tolerance=0.05, max_draws=20000):
+    """k uniform random architectures whose FLOPs lie within `tolerance` of target (rejection sampling)."""
+    kept, seen = [], []
+    for _ in range(max_draws):
+        alphas, p = random_arch(space, generator)
+        arch = derive(space, alphas, p)
+        flops = arch_cost(arch, table)
+        seen.append(flops)
+        if abs(flops - target) <= tolerance * target:
+            kept.append((arch, alphas, p, flops))
+            if len(kept) == k:
+                return kept
+    raise UsageError(f"only {len(kept)} of {max_draws} random architectures lie within {tolerance:.0%} of "
+                     f"{target / 1e6:.2f}M FLOPs (drawn: {min(seen) / 1e6:.2f}M to {max(seen) / 1e6:.2f}M); "
+                     "choose --target-flops in that range")
+
+
+def random_search_worker(rank, world, device, args):
+    """Train each of --random K sampled architectures for --epochs on the search's training split
+    (the search's SGD recipe), evaluate it on the validation split, keep the best as OUT/arch.json.
+    OUT/random_search.json records every finished sample, so a resumed run skips them."""
+    main_rank, cuda = rank == 0, device.type == "cuda"
+    workers = runtime.workers(args, device)
+    data = runtime.main_first(lambda: load_data(args.data, "search", args.seed, args.input_size, args.subset,
+                                                args.classes, split_file=search.split_path(args)))
+    space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
+    draws = draw_in_window(space, flops_table(space), args.random, args.target_flops,
+                           torch.Generator().manual_seed(args.seed))
+    state_path, log_path = os.path.join(args.out, RANDOM_STATE), os.path.join(args.out, "search_log.jsonl")
+    records = []
+    if args.resume and os.path.exists(state_path):
+        records = load_random_state(state_path)["records"]
+    if main_rank:
+        print(f"random search in '{args.space}': {args.random} architectures within 5% of "
+              f"{args.target_flops / 1e6:.2f}M FLOPs, {args.epochs} epochs each; data {data.info}; "
+              f"{world} process(es) on {device}" + (f"; resuming after {len(records)}" if records else ""), flush=True)
+        search.keep_log_before(log_path, len(records), key="sample")
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    autocast = runtime.autocast(device, args.amp)
+    val_loader = make_loader(data.val, args.batch_size, False, 0, args.seed, rank, world, workers, cuda,
+                             drop_last=False)
+    steps = len(make_loader(data.train, args.batch_size, True, 0, args.seed, rank, world))
+    for k in range(len(records), args.random):
+        arch, alphas, p, flops = draws[k]
+        t0 = time.time()
+        torch.manual_seed(args.seed * 1000 + k)
+        net = retrain.ArchNet(arch).to(device, memory_format=torch.channels_last)
+        opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        step, total, trained = 0, args.epochs * steps, runtime.data_parallel(net, device)
+        for epoch in range(args.epochs):
+            loader = make_loader(data.train, args.batch_size, True, epoch, args.seed, rank, world, workers, cuda)
+            later = ((args.random - k - 1) * args.epochs + args.epochs - epoch - 1) * steps
+            bar = runtime.Progress(f"[sample {k + 1}/{args.random} epoch {epoch + 1}/{args.epochs}]", len(loader),
+                                   args.batch_size, later, every=args.log_every, enabled=main_rank)
+            step = retrain.train_epoch(trained, loader, opt, criterion,
+                                       lambda t: runtime.cosine_lr(t, total, args.lr, args.lr_min), step, device,
+                                       autocast, bar)
+        runtime.broadcast_buffers(net)  # rank 0's BN statistics after the last step, as retrain.py does
+        top1, top5 = retrain.evaluate(net, val_loader, device, autocast)
+        rec = {"sample": k + 1, "stage": "random", "val_acc": top1, "val_top5": top5, "arch_cost": flops,
+               "metric": "flops", "path": arch["path"], "widths": [b["out"] for b in arch["blocks"]],
+               "seconds": time.time() - t0, "arch": arch, "alphas": [a.tolist() for a in alphas], "p": p.tolist()}
+        records.append(rec)
+        if main_rank:
+            best = max(records, key=lambda r: r["val_acc"])
+            if best is rec:
+                save_json_atomic(arch, os.path.join(args.out, "arch.json"))
+                save_arch_params(space, alphas, p, os.path.join(args.out, "arch_params.json"))
+            with open(log_path, "a") as f:
+                f.write(json.dumps({key: v for key, v in rec.items() if key not in ("arch", "alphas", "p")}) + "\n")
+            save_json_atomic({"config": search.run_config(args), "records": records}, state_path)
+            print(f"sample {k + 1}/{args.random} {runtime.fmt_time(rec['seconds'])}: {flops / 1e6:.2f}M FLOPs, widths "
+                  f"{rec['widths']}, val acc {top1:.2f}% (best so far {best['val_acc']:.2f}%, sample {best['sample']})",
+                  flush=True)
+        runtime.barrier()
+    if main_rank:
+        best = max(records, key=lambda r: r["val_acc"])
+        save_json_atomic(best["arch"], os.path.join(args.out, "arch_best.json"))
+        print(f"\nbest of {len(records)}: sample {best['sample']}, val acc {best['val_acc']:.2f}%")
+        search.finish(args)
+
+
+def load_random_state(path):
+    state = cli.read_json(path, "random-search record")
+    if not (isinstance(state, dict) and "config" in state and isinstance(state.get("records"), list)):
+        raise UsageError(f"{path} is not a random-search record (it may be corrupt)")
+    return state
+
+
+
+
+def random_search(argv):
+    """`studies.py random`: search.py's settings (space, data, recipe, devices) and --random K --target-flops F."""
+    args = search.parse_args(argv, random=True)
+    space = search.check_run(args)
+    draw_in_window(space, flops_table(space), args.random, args.target_flops, torch.Generator().manual_seed(args.seed))
+    state = os.path.join(args.out, RANDOM_STATE)
+    if args.resume and os.path.exists(state):
+        cli.same_config(load_random_state(state)["config"], search.run_config(args), state)
+    search.start_run(args, random_search_worker)
 
 if __name__ == "__main__":
     run_cli(main)

@@ -20,6 +20,7 @@ import torch
 
 import cli
 import search
+import studies
 from conftest import ROOT
 from test_data import make_folder
 
@@ -94,6 +95,8 @@ def world(tmp_path_factory):
         if os.path.isfile(w / "done" / f) and f != cli.LOCK:
             (w / "with_payload" / f).write_bytes((w / "done" / f).read_bytes())
     torch.save({"config": {}, "model": Payload(w / "pwned")}, w / "with_payload" / "checkpoint.pt")
+    studies.main(["random"] + TOY + ["--random", "1", "--epochs", "1", "--target-flops", "0.8M",
+                                     "--out", str(w / "random")])
     folder = make_folder(w / "imgs", classes=3, per_class=20)
     with open(os.path.join(folder, "train", "n01", "broken.JPEG"), "wb") as f:
         f.write(b"\xff\xd8 this is not a JPEG")
@@ -157,6 +160,11 @@ def cases(w):
         ("payload resume", "search.py", TOY + ["--out", str(w / "with_payload"), "--resume"], 2, "could run code"),
         # 2, 3: folders and resume
         ("into a finished run", "search.py", TOY + ["--out", done], 2, "already holds"),
+        ("random into a search", "studies.py", ["random"] + TOY + ["--random", "2", "--target-flops", "0.8M", "--out",
+                                                                   done], 2, "already holds"),
+        ("random without target", "studies.py", ["random"] + TOY + ["--random", "2", "--out", new], 2,
+         "--target-flops"),
+        ("random resumed as a search", "search.py", ["--resume", "--out", str(w / "random")], 2, "holds a random"),
         ("into a hand arch", "search.py", TOY + ["--out", str(w / "hand")], 2, "already holds arch.json"),
         ("retrain into a finished one", "retrain.py",
          ["--arch", arch, "--out", str(w / "retrained")] + RETRAIN, 2, "already holds"),

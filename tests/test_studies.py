@@ -1,13 +1,18 @@
-"""studies.py table1: searched against random networks at equal FLOPs (Table 1), at a toy scale here."""
+"""studies.py: the random-search baseline and Table 1 (searched against random networks at equal FLOPs), at a toy
+scale here."""
 import json
 import statistics
+
+import torch
+from hypothesis import given, settings, strategies as st
 
 import search
 import studies
 from cost import arch_cost, flops_table
 from retrain import profile
-from supernet import get_space
-from supernet import load_arch
+from supernet import get_space, load_arch
+from test_search import TOY, run
+from viterbi import derive
 
 
 def test_table1_compares_searched_and_random_at_equal_flops(tmp_path, monkeypatch, capsys):
@@ -41,3 +46,49 @@ def test_table1_compares_searched_and_random_at_equal_flops(tmp_path, monkeypatc
     again = capsys.readouterr().out
     assert "retraining" not in again and "epoch" not in again  # nothing ran twice
     assert json.loads((out / "table1.json").read_text())["runs"] == runs
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 10**6), st.sampled_from(["toy", "mini"]))
+def test_random_arch_is_what_derive_returns(seed, name):
+    """Random search (Table 1): the one-hot alpha and p of a random draw derive (argmax + Viterbi) into
+    exactly the drawn path and candidates; every step of the path is a connection of the space."""
+    space = get_space(name, 32, 3, 10)
+    alphas, p = studies.random_arch(space, torch.Generator().manual_seed(seed))
+    arch = derive(space, alphas, p)
+    path, index = arch["path"], {e: k for k, e in enumerate(space.edges)}
+    assert path[0] == 0 and path[-1] == space.n
+    assert all((i, j) in index and p[index[i, j]] == 1.0 for i, j in zip(path, path[1:]))
+    assert all(float(a.sum()) == 1.0 and a.max() == 1.0 for a in alphas)
+    for (i, j), blk in zip(zip(path[:-2], path[1:-1]), arch["blocks"][1:]):
+        slots = [(s, a) for s, a in zip(space.slots, alphas) if s.block == j]
+        head = next(s.candidates[int(a.argmax())] for s, a in slots if s.edge == (i, j))
+        layers = [s.candidates[int(a.argmax())] for s, a in slots if not s.edge]
+        assert blk["head"] == head and blk["layers"] == [o for o in layers if o != "skip"]
+
+
+def test_random_search_keeps_the_flops_window_and_writes_the_best(tmp_path):
+    """studies.py random --random K --target-flops F: every sample lies within 5% of F; the best by validation accuracy
+    is OUT/arch.json (with its pictures); a target no draw can reach is refused in one line."""
+    space = get_space("toy", 16, 3, 10)
+    g, table = torch.Generator().manual_seed(0), flops_table(space)
+    target = sorted(arch_cost(derive(space, *studies.random_arch(space, g)), table) for _ in range(50))[25]
+    out = tmp_path / "rs"
+    r = run(["studies.py", "random"] + TOY[1:] + ["--random", "3", "--target-flops", str(target), "--epochs", "1",
+                                              "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    records = json.loads((out / "random_search.json").read_text())["records"]
+    assert len(records) == 3 and len({json.dumps(rec["arch"]) for rec in records}) == 3
+    for rec in records:
+        assert abs(rec["arch_cost"] - target) <= 0.05 * target
+        assert rec["arch_cost"] == arch_cost(rec["arch"], table) == profile(rec["arch"])["flops"]
+    best = max(records, key=lambda rec: rec["val_acc"])
+    arch = json.loads((out / "arch.json").read_text())
+    assert arch == best["arch"] == json.loads((out / "arch_best.json").read_text())
+    assert (out / "arch.svg").exists() and (out / "supernet.svg").exists()
+    log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
+    assert [rec["sample"] for rec in log] == [1, 2, 3]
+    far = run(["studies.py", "random"] + TOY[1:] + ["--random", "3", "--target-flops", "1G", "--out",
+                                                   str(tmp_path / "far")])
+    assert far.returncode == 2 and len(far.stderr.strip().splitlines()) == 1 and "1000.00M" in far.stderr
+    assert not (tmp_path / "far").exists()
