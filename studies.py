@@ -155,7 +155,7 @@ def table1(args):
         space = get_space(arch["space"], arch["input_size"], arch["in_channels"], arch["num_classes"])
         # the same draws on every run of the study: the seed picks them
         try:
-            draws = draw_in_window(space, flops_table(space), args.random, summary["flops"],
+            draws = random_archs_at_flops(space, flops_table(space), args.random, summary["flops"],
                                           torch.Generator().manual_seed(seed))
         except UsageError as e:  # a searched network where random ones hardly ever fall: say so, go on
             print(f"seed {seed}: no random networks to compare: {e}", flush=True)
@@ -244,9 +244,9 @@ def random_arch(space, generator):
     def pick(k):
         return int(torch.randint(k, (), generator=generator))
     nxt = {}
-    for a, b in space.out_slices:
+    for a, b in space.out_edge_ranges:
         nxt[space.edges[a][0]] = range(a, b)
-    p, i = torch.tensor([1.0 / (b - a) for a, b in space.out_slices for _ in range(a, b)]), 0
+    p, i = torch.tensor([1.0 / (b - a) for a, b in space.out_edge_ranges for _ in range(a, b)]), 0
     while i != space.n:
         out = nxt[i]
         chosen = out[pick(len(out))]
@@ -257,7 +257,7 @@ def random_arch(space, generator):
     return alphas, p
 
 
-def draw_in_window(space, table, k, target, generator, tolerance=0.05, max_draws=20000):
+def random_archs_at_flops(space, table, k, target, generator, tolerance=0.05, max_draws=20000):
     """k uniform random architectures whose FLOPs lie within `tolerance` of target (rejection sampling)."""
     kept, seen = [], []
     for _ in range(max_draws):
@@ -283,7 +283,7 @@ def random_search_worker(rank, world, device, args):
     data = runtime.main_first(lambda: load_data(args.data, "search", args.seed, args.input_size, args.subset,
                                                 args.classes, split_file=search.split_path(args)))
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
-    draws = draw_in_window(space, flops_table(space), args.random, args.target_flops,
+    draws = random_archs_at_flops(space, flops_table(space), args.random, args.target_flops,
                            torch.Generator().manual_seed(args.seed))
     state_path, log_path = os.path.join(args.out, RANDOM_STATE), os.path.join(args.out, "search_log.jsonl")
     records = []
@@ -352,7 +352,8 @@ def random_search(argv):
     """`studies.py random`: search.py's settings (space, data, recipe, devices) and --random K --target-flops F."""
     args = search.parse_args(argv, random=True)
     space = search.check_run(args)
-    draw_in_window(space, flops_table(space), args.random, args.target_flops, torch.Generator().manual_seed(args.seed))
+    random_archs_at_flops(space, flops_table(space), args.random, args.target_flops,
+                          torch.Generator().manual_seed(args.seed))  # refused now if the window is out of reach
     state = os.path.join(args.out, RANDOM_STATE)
     if args.resume and os.path.exists(state):
         cli.same_config(load_random_state(state)["config"], search.run_config(args), state)

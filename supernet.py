@@ -315,7 +315,7 @@ class SuperNet(nn.Module):
 
 def path_probs(beta, space):
     """Eq. 3: p_ij = softmax over the outgoing connections of each B_i of beta / T (T: the space's temperature)."""
-    return torch.cat([F.softmax(beta[a:b] / space.temperature, 0) for a, b in space.out_slices])
+    return torch.cat([F.softmax(beta[a:b] / space.temperature, 0) for a, b in space.out_edge_ranges])
 
 
 def count_params(params):
@@ -336,7 +336,7 @@ class Block:
 
 
 @dataclass(frozen=True)
-class Slot:
+class MixedLayerSpec:
     """One mixed layer of the super network: the branch of edge (i, j) in B_j, or basic layer `layer` of B_j."""
     block: int
     edge: tuple  # (i, j) for a shape-alignment branch, None for a basic layer
@@ -451,7 +451,7 @@ class Space:
     connect: int = None
     blocks: list = field(init=False)  # B_0 .. B_n (B_n is the ending block)
     edges: list = field(init=False)  # (i, j), sorted by i then j
-    out_slices: list = field(init=False)  # [a, b) of edges leaving B_i, for i = 0 .. n-1
+    out_edge_ranges: list = field(init=False)  # [a, b) of edges leaving B_i, for i = 0 .. n-1
     slots: list = field(init=False)  # every mixed layer: B_1's branches then layers, B_2's, ..., B_n's
 
     def __post_init__(self):
@@ -472,21 +472,22 @@ class Space:
         self.blocks = [Block(k, r.channels, halve(r0, r.level), r.level, r.stage, r.layers)
                        for k, r in enumerate(table)]
         self.edges = [(i, j) for i in range(self.n) for j in range(i + 1, self.n + 1) if self.connects(i, j)]
-        self.out_slices = []
+        self.out_edge_ranges = []
         for i in range(self.n):
             ks = [k for k, (a, _) in enumerate(self.edges) if a == i]
             if not ks:
                 raise UsageError(f"space '{d.name}': block {i} has no outgoing connection with M={self.connect}")
-            self.out_slices.append((ks[0], ks[-1] + 1))
+            self.out_edge_ranges.append((ks[0], ks[-1] + 1))
         self.slots = []
         for j in range(1, self.n + 1):
             b = self.blocks[j]
             sources = [i for i, k in self.edges if k == j]
             if not sources:
                 raise UsageError(f"space '{d.name}': block {j} has no incoming connection with M={self.connect}")
-            self.slots += [Slot(j, (i, j), None, tuple(self.align_candidates_for(i, j)), self.blocks[i].channels,
-                                b.channels, self.stride(i, j), self.blocks[i].resolution) for i in sources]
-            self.slots += [Slot(j, None, l, tuple(d.candidates), b.channels, b.channels, 1, b.resolution)
+            self.slots += [MixedLayerSpec(j, (i, j), None, tuple(self.align_candidates_for(i, j)),
+                                          self.blocks[i].channels, b.channels, self.stride(i, j),
+                                          self.blocks[i].resolution) for i in sources]
+            self.slots += [MixedLayerSpec(j, None, l, tuple(d.candidates), b.channels, b.channels, 1, b.resolution)
                            for l in range(b.layers)]
 
     # the definition's fields, read through by name (blocks and connect are the concrete space's own)

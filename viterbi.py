@@ -88,7 +88,7 @@ def decisiveness(space, weights, p, path):
     over the blocks that have a choice (more than one outgoing connection), and the mean weight w
     of the chosen candidate over the layers with a choice. Uniform parameters give 1/choices."""
     p = {e: float(v) for e, v in zip(space.edges, p)}
-    outs = {i: b - a for i, (a, b) in enumerate(space.out_slices)}
+    outs = {i: b - a for i, (a, b) in enumerate(space.out_edge_ranges)}
     on_path = [p[i, j] for i, j in zip(path, path[1:]) if outs[i] > 1]
     chosen = [max(float(v) for v in w) for w in weights if len(w) > 1]
     return {"p_path": sum(on_path) / max(len(on_path), 1), "w_chosen": sum(chosen) / max(len(chosen), 1)}

@@ -88,7 +88,7 @@ def one_hot_choices(seed, space):
     index into its candidates, and for each block 0..n-1 the index (into space.edges) of one outgoing edge."""
     rng = random.Random(seed)
     layer = [rng.randrange(len(s.candidates)) for s in space.slots]
-    edge = [rng.randrange(a, b) for a, b in space.out_slices]
+    edge = [rng.randrange(a, b) for a, b in space.out_edge_ranges]
     return layer, edge
 
 
@@ -96,7 +96,7 @@ def one_hot_params(space, layer, edge, noise_seed=0, big=1e4):
     """alphas and p whose softmax is exactly one-hot on the given choices (random noise elsewhere).
 
     Returns (alphas, p): a list of tensors in space.slots order and a tensor over space.edges,
-    p being the per-block softmax of beta over space.out_slices (Eq. 3)."""
+    p being the per-block softmax of beta over space.out_edge_ranges (Eq. 3)."""
     g = torch.Generator().manual_seed(noise_seed)
     alphas = []
     for slot, k in zip(space.slots, layer):
@@ -105,7 +105,7 @@ def one_hot_params(space, layer, edge, noise_seed=0, big=1e4):
         alphas.append(a)
     beta = torch.randn(len(space.edges), generator=g)
     beta[list(edge)] += big
-    p = torch.cat([torch.softmax(beta[a:b], 0) for a, b in space.out_slices])
+    p = torch.cat([torch.softmax(beta[a:b], 0) for a, b in space.out_edge_ranges])
     return alphas, p
 
 

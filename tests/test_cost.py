@@ -125,11 +125,11 @@ def test_cost_gradient_reaches_alpha_and_beta():
     g = torch.Generator().manual_seed(0)
     alphas = [torch.randn(len(s.candidates), generator=g).requires_grad_() for s in space.slots]
     beta = torch.randn(len(space.edges), generator=g).requires_grad_()
-    p = torch.cat([F.softmax(beta[a:b], 0) for a, b in space.out_slices])
+    p = torch.cat([F.softmax(beta[a:b], 0) for a, b in space.out_edge_ranges])
     c = model(alphas, p)
     assert isinstance(c, torch.Tensor) and c.dim() == 0 and torch.isfinite(c)
     c.backward()
-    for a, b in space.out_slices:
+    for a, b in space.out_edge_ranges:
         if b - a > 1:  # a softmax over a single path has no gradient
             assert beta.grad[a:b].abs().max() > 0
     for s, a in zip(space.slots, alphas):
@@ -149,7 +149,7 @@ def test_cost_gradient_is_correct():
     def f(v):
         alphas = list(torch.split(v[:sum(sizes)], sizes))
         beta = v[sum(sizes):]
-        return model(alphas, torch.cat([F.softmax(beta[a:b], 0) for a, b in space.out_slices]))
+        return model(alphas, torch.cat([F.softmax(beta[a:b], 0) for a, b in space.out_edge_ranges]))
 
     assert torch.autograd.gradcheck(f, (flat,))
 
@@ -194,7 +194,7 @@ def test_cost_model_local_matches_eq9_terms():
     g = torch.Generator().manual_seed(2)
     alphas = [torch.randn(len(s.candidates), generator=g) for s in space.slots]
     beta = torch.randn(len(space.edges), generator=g)
-    p = torch.cat([F.softmax(beta[a:b], 0) for a, b in space.out_slices])
+    p = torch.cat([F.softmax(beta[a:b], 0) for a, b in space.out_edge_ranges])
     cost_b, cost_align, pd = model.terms(alphas, p)
     manual = sum(float(c) for c in cost_b) + sum(float(pd[e]) * float(cost_align[e]) for e in space.edges)
     assert math.isclose(float(model(alphas, p, "local")), manual, rel_tol=1e-9)

@@ -59,7 +59,7 @@ def arch_file(toy, tmp_path_factory):
     g = torch.Generator().manual_seed(1)
     alphas = [torch.randn(len(s.candidates), generator=g) for s in toy.slots]
     beta = torch.randn(len(toy.edges), generator=g)
-    p = torch.cat([F.softmax(beta[a:b], 0) for a, b in toy.out_slices])
+    p = torch.cat([F.softmax(beta[a:b], 0) for a, b in toy.out_edge_ranges])
     path = str(tmp_path_factory.mktemp("arch") / "arch.json")
     cost.save_json_atomic(viterbi.derive(toy, alphas, p), path)
     return path
@@ -145,7 +145,7 @@ def test_cost_model_on_latency_table(toy, lut):
     _, table = lut
     model = cost.CostModel(toy, table)
     alphas = [torch.zeros(len(s.candidates)) for s in toy.slots]
-    p = torch.cat([F.softmax(torch.zeros(b - a), 0) for a, b in toy.out_slices])
+    p = torch.cat([F.softmax(torch.zeros(b - a), 0) for a, b in toy.out_edge_ranges])
     est = float(model(alphas, p))
     assert math.isfinite(est) and est > 0
     # at least the fixed operations every network has (stem, B_0's layer, classifier)

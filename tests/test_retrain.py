@@ -44,7 +44,7 @@ def arch_file(tmp_path_factory):
     g = torch.Generator().manual_seed(3)
     alphas = [torch.randn(len(s.candidates), generator=g) for s in space.slots]
     beta = torch.randn(len(space.edges), generator=g)
-    p = torch.cat([F.softmax(beta[a:b], 0) for a, b in space.out_slices])
+    p = torch.cat([F.softmax(beta[a:b], 0) for a, b in space.out_edge_ranges])
     path = tmp_path_factory.mktemp("arch") / "arch.json"
     save_json_atomic(derive(space, alphas, p), str(path))
     return str(path)

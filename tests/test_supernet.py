@@ -151,7 +151,7 @@ def test_random_space_connections_and_forward(space, seed):
         assert 0 < j - i <= space.connect
         assert res[j] in (res[i], math.ceil(res[i] / 2))
         assert space.blocks[j].stage - space.blocks[i].stage in (0, 1)
-    for i, (a, b) in enumerate(space.out_slices):
+    for i, (a, b) in enumerate(space.out_edge_ranges):
         assert b > a and all(e[0] == i for e in space.edges[a:b])
     for s in space.slots:
         if s.edge:
@@ -162,7 +162,7 @@ def test_random_space_connections_and_forward(space, seed):
     with torch.no_grad():
         net.beta.copy_(3 * torch.randn(len(space.edges)))
     p = net.path_probs()
-    for i, (a, b) in enumerate(space.out_slices):
+    for i, (a, b) in enumerate(space.out_edge_ranges):
         assert math.isclose(p[a:b].sum().item(), 1.0, rel_tol=1e-6)
         ref = F.softmax(torch.stack([net.beta[k] for k, e in enumerate(space.edges) if e[0] == i]), 0)
         assert torch.allclose(p[a:b], ref)
@@ -284,7 +284,7 @@ def test_path_probs_use_the_space_temperature():
         space = supernet.get_space(name, 64, 3, 10)
         beta = torch.randn(len(space.edges), generator=torch.Generator().manual_seed(0))
         p = supernet.path_probs(beta, space)
-        for a, b in space.out_slices:
+        for a, b in space.out_edge_ranges:
             assert torch.allclose(p[a:b], torch.softmax(beta[a:b] / t, 0))
 
 

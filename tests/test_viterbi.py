@@ -105,7 +105,7 @@ def test_derive_path_is_viterbi_of_softmax_beta(space, seed):
     """Sec. 3.4 / Eq. 3: for arbitrary beta the derived block sequence is the most probable path of p."""
     g = torch.Generator().manual_seed(seed)
     beta = 2 * torch.randn(len(space.edges), generator=g, dtype=torch.float64)
-    p = torch.cat([torch.softmax(beta[a:b], 0) for a, b in space.out_slices])
+    p = torch.cat([torch.softmax(beta[a:b], 0) for a, b in space.out_edge_ranges])
     alphas = [torch.randn(len(s.candidates), generator=g) for s in space.slots]
     arch = viterbi.derive(space, alphas, p)
     pd = {e: float(v) for e, v in zip(space.edges, p)}
@@ -121,7 +121,7 @@ def test_derive_keeps_layer_and_branch_choices_apart():
     layer = [0] * len(space.slots)
     third = next(k for k, s in enumerate(space.slots) if s.edge is None and (s.block, s.layer) == (1, 2))
     layer[third] = space.slots[third].candidates.index("skip")
-    edge = [a for a, _ in space.out_slices]  # B_0 -> B_1 -> B_2 -> ...
+    edge = [a for a, _ in space.out_edge_ranges]  # B_0 -> B_1 -> B_2 -> ...
     alphas, p = one_hot_params(space, layer, edge)
     arch = viterbi.derive(space, alphas, p)
     b1 = arch["blocks"][1]  # blocks[0] is B_0's fixed MBConv
@@ -133,8 +133,8 @@ def test_decisiveness_reads_uniform_as_undecided_and_one_hot_as_decided():
     """The summary's evidence: p along the path over the blocks with a choice, and w of the chosen
     candidates, are 1/choices at uniform parameters and 1 when alpha and beta are one-hot."""
     space = supernet.get_space("toy", 16, 3, 10)
-    outs = [b - a for a, b in space.out_slices]
-    p = torch.cat([torch.full((b - a,), 1.0 / (b - a)) for a, b in space.out_slices])
+    outs = [b - a for a, b in space.out_edge_ranges]
+    p = torch.cat([torch.full((b - a,), 1.0 / (b - a)) for a, b in space.out_edge_ranges])
     path = viterbi.viterbi(dict(zip(space.edges, p.tolist())), space.n)
     weights = [torch.full((len(s.candidates),), 1.0 / len(s.candidates)) for s in space.slots]
     got = viterbi.decisiveness(space, weights, p, path)
