@@ -192,6 +192,11 @@ def has_run(out):
     return any(os.path.isfile(os.path.join(out, f)) for f in (SETTINGS, CHECKPOINT))
 
 
+def require_run(out):
+    if not has_run(out):
+        raise UsageError(f"nothing to resume in {out}: it holds no {SETTINGS} of a run (start one without --resume)")
+
+
 def check_folder(out, resume):
     """Before anything is written: OUT must be a folder (or not exist yet); a new run needs it empty (a folder
     holding anything, a finished run or someone's files, is not overwritten); --resume needs the run's
@@ -204,9 +209,9 @@ def check_folder(out, resume):
     if os.path.isdir(out) and not os.access(out, os.W_OK):
         raise UsageError(f"--out {out} is not writable")
     held = sorted(n for n in os.listdir(out) if n != LOCK and not stale_temp(n)) if os.path.isdir(out) else []
-    if resume and SETTINGS not in held and CHECKPOINT not in held:
-        raise UsageError(f"nothing to resume in {out}: it holds no {SETTINGS} of a run (start one without --resume)")
-    if not resume and held:
+    if resume:
+        require_run(out)
+    elif held:
         raise UsageError(f"{out} already holds {', '.join(held[:3])}{' ...' if len(held) > 3 else ''}; continue "
                          "its run with --resume, or start this one elsewhere with --out")
 
@@ -238,10 +243,9 @@ def claim_folder(out):
 def restore_settings(args, given, out, changeable=("resume", "out", "log_every", "workers", "check_sync")):
     """--resume: every setting of the run in OUT comes back from its args.json; a flag on the command line
     that contradicts it is refused (the ones in `changeable` only steer this process)."""
+    require_run(out)
     if not os.path.isfile(os.path.join(out, SETTINGS)):
-        if os.path.isfile(os.path.join(out, CHECKPOINT)):
-            return  # a run of an older version: its settings are the flags given, compared with its checkpoint
-        raise UsageError(f"nothing to resume in {out}: it holds no {SETTINGS} of a run (start one without --resume)")
+        return  # a run of an older version: its settings are the flags given, compared with its checkpoint
     saved = read_json(os.path.join(out, SETTINGS), "run settings")
     for key, value in saved.items():
         if key in changeable or not hasattr(args, key):
@@ -251,6 +255,13 @@ def restore_settings(args, given, out, changeable=("resume", "out", "log_every",
             raise UsageError(f"the run in {out} has --{key.replace('_', '-')} {value}, this command says {mine}; "
                              "drop the flag to resume it")
         setattr(args, key, value)
+
+
+def begin_run(args):
+    """Take OUT (claim_folder) and record the run's settings there; a resumed run keeps its record."""
+    claim_folder(args.out)
+    if not args.resume:
+        save_json_atomic(vars(args), os.path.join(args.out, SETTINGS))
 
 
 def same_config(have, want, path):

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cli import ArgumentParser, UsageError, output_file, read_json, run_cli, save_json_atomic
-from supernet import SPACES, arch_signatures, get_space, make_op, path_probs, signature
+from supernet import SPACES, arch_signatures, get_space, make_op, path_probs
 
 
 # ----------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ class CostModel:
         for slot in space.slots:
             row = [costs[s] for s in slot.signatures()]
             if slot.block == space.n and not space.derived_end_conv:
-                row = [costs[signature("linear", slot.c_in, space.num_classes, 1, 1)]]
+                row = [costs[space.classifier_signature(slot.c_in)]]
             rows.append([price * row[0] if o == "skip" and len(row) > 1 else c
                          for o, c in zip(slot.candidates, row)])
         self.rows = rows

@@ -253,7 +253,7 @@ def check_images(folder, files):
         raise UsageError(f"{len(found)} unreadable image(s) in {folder}, e.g. {found[0]}; remove or replace them")
 
 
-def load_folder(root, purpose, seed, input_size, subset, classes, split_file):
+def load_folder(root, purpose, seed, input_size, subset, classes, split_file, verify_images=True):
     size = input_size or 224
     train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
     if not os.path.isdir(root):
@@ -298,8 +298,9 @@ def load_folder(root, purpose, seed, input_size, subset, classes, split_file):
         train_labels, val_labels = ([index[f.split("/")[0]] for f in files] for files in (train_files, val_files))
     except KeyError as e:
         raise UsageError(f"split file {split_file} lists a file of class {e}, which it does not name") from None
-    check_images(train_dir, train_files[:subset])
-    check_images(val_dir if purpose == "retrain" else train_dir, val_files[:subset])
+    if verify_images:
+        check_images(train_dir, train_files[:subset])
+        check_images(val_dir if purpose == "retrain" else train_dir, val_files[:subset])
     train = FileData(train_dir, train_files[:subset], train_labels[:subset], size, augment=True)
     val = FileData(val_dir if purpose == "retrain" else train_dir, val_files[:subset], val_labels[:subset], size)
     return train, val, 3, len(names), size, info
@@ -307,9 +308,11 @@ def load_folder(root, purpose, seed, input_size, subset, classes, split_file):
 
 # ----------------------------------------------------------------------------------------
 
-def load_data(data, purpose, seed, input_size=None, subset=None, classes=100, split_file=None):
+def load_data(data, purpose, seed, input_size=None, subset=None, classes=100, split_file=None, verify_images=True):
     """The train and val splits of `data` ('fake', 'fashion-mnist' or an image-folder PATH) for
-    purpose 'search' (val = 20% of train, per class) or 'retrain' (val = the official test set)."""
+    purpose 'search' (val = 20% of train, per class) or 'retrain' (val = the official test set).
+    verify_images: open every image's header first (check_images); a worker whose launcher has already
+    done so passes False."""
     if purpose not in ("search", "retrain"):
         raise UsageError(f"purpose must be 'search' or 'retrain', got '{purpose}'")
     for name, value, low in (("seed", seed, 0), ("input size", input_size, 1), ("subset", subset, 1),
@@ -322,7 +325,7 @@ def load_data(data, purpose, seed, input_size=None, subset=None, classes=100, sp
         train, val, channels, num_classes, size, info = load_fashion_mnist(purpose, seed, input_size, subset)
     else:
         train, val, channels, num_classes, size, info = load_folder(data, purpose, seed, input_size, subset,
-                                                                    classes, split_file)
+                                                                    classes, split_file, verify_images)
     info = {"source": data if data in ("fake", "fashion-mnist") else "imagefolder", **info, "purpose": purpose,
             "seed": seed, "train": len(train), "val": len(val), "classes": num_classes, "channels": channels,
             "input_size": size, **({"subset": subset} if subset else {})}

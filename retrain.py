@@ -91,7 +91,8 @@ def retrain_worker(rank, world, device, args):
     main_rank, cuda = rank == 0, device.type == "cuda"
     workers = runtime.workers(args, device)
     arch = load_arch(args.arch)
-    data = load_data(args.data, "retrain", args.seed, arch["input_size"], args.subset)
+    data = load_data(args.data, "retrain", args.seed, arch["input_size"], args.subset,
+                     verify_images=False)  # main() verified them before launching
     torch.manual_seed(args.seed)
     net = ArchNet(arch).to(device, memory_format=torch.channels_last)  # faster on oneDNN and cuDNN alike
     autocast = runtime.autocast(device, args.amp)
@@ -218,9 +219,8 @@ def main(argv=None):
     for key, have in (("in_channels", data.in_channels), ("num_classes", data.num_classes)):
         if arch[key] != have:
             raise UsageError(f"the arch has {key}={arch[key]} but the data has {have}")
-    if not args.eval and len(data.train) < args.batch_size:
-        raise UsageError(f"--batch-size {args.batch_size} is larger than the training set ({len(data.train)} "
-                         "images); lower it or use more data")
+    if not args.eval:
+        runtime.check_batch_fits(args.batch_size, {"training set": len(data.train)})
     if args.eval:
         load_weights(args.weights)
     else:
@@ -229,9 +229,7 @@ def main(argv=None):
         ck_path = os.path.join(args.out, cli.CHECKPOINT)
         if args.resume and os.path.exists(ck_path):
             cli.same_config(cli.load_checkpoint(ck_path).get("config", {}), retrain_config(args), ck_path)
-        cli.claim_folder(args.out)
-        if not args.resume:
-            save_json_atomic(vars(args), os.path.join(args.out, cli.SETTINGS))
+        cli.begin_run(args)
     runtime.launch(retrain_worker, args)
 
 

@@ -62,6 +62,14 @@ def check_batch(args):
                          f"({args.gpus or args.procs})")
 
 
+def check_batch_fits(batch_size, sizes):
+    """Every split ({name: images}) must hold at least one batch, or its loader would make no step."""
+    for name, n in sizes.items():
+        if n < batch_size:
+            raise UsageError(f"--batch-size {batch_size} is larger than the {name} ({n} images); lower it or "
+                             "use more data")
+
+
 def check_devices(args):
     if args.gpus and args.procs > 1:
         raise UsageError("--gpus and --procs exclude each other")

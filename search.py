@@ -232,7 +232,8 @@ class Context:
         self.cuda = device.type == "cuda"
         self.workers = runtime.workers(args, device)
         self.data = runtime.main_first(lambda: load_data(args.data, "search", args.seed, args.input_size,
-                                                         args.subset, args.classes, split_file=split_path(args)))
+                                                         args.subset, args.classes, split_file=split_path(args),
+                                                         verify_images=False))  # check_run verified them
         self.space = get_space(args.space, self.data.input_size, self.data.in_channels, self.data.num_classes,
                                args.connect)
         self.table = resolve_table(args, self.space, device, say=self.main)
@@ -294,14 +295,14 @@ def resolve_table(args, space, device=None, say=True):
     if not args.lut:
         if device is None and not os.path.exists(path):
             return None  # to be measured by the run
-        if device is not None:
+        if device is not None:  # OUT exists: the run has claimed it
             if runtime.rank() == 0:
-                os.makedirs(args.out, exist_ok=True)
                 latency.build_table(space, *latency.get_device(str(device)), path, every=args.log_every)
             runtime.barrier()
     table = load_table(path)
-    for sig, source in check_table(table, space, f"latency table {path}").items():
-        if say:
+    priced = check_table(table, space, f"latency table {path}")
+    if say:
+        for sig, source in priced.items():
             print(f"latency table: {sig} (this data set's) priced as {source} x their FLOPs ratio", flush=True)
     return table
 
@@ -546,10 +547,7 @@ def check_run(args):
     cli.check_folder(args.out, args.resume)
     data = load_data(args.data, "search", args.seed, args.input_size, args.subset, args.classes,
                      split_file=None)
-    for split in ("train", "val"):
-        if len(getattr(data, split)) < args.batch_size:
-            raise UsageError(f"--batch-size {args.batch_size} is larger than the {split} split "
-                             f"({len(getattr(data, split))} images); lower it or use more data")
+    runtime.check_batch_fits(args.batch_size, {"train split": len(data.train), "val split": len(data.val)})
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
     resolve_table(args, space, say=False)
     if args.cost == "flops" and args.space == "mbv2" and not args.random:
@@ -567,9 +565,7 @@ def check_run(args):
 def start_run(args, worker):
     """Take OUT, record the run's settings (a resume keeps the record), run `worker` on every process, and
     for --preset retrain the result and sum up."""
-    cli.claim_folder(args.out)
-    if not args.resume:  # the record of the run: --resume restores it, and never rewrites it
-        save_json_atomic(vars(args), os.path.join(args.out, cli.SETTINGS))
+    cli.begin_run(args)
     runtime.launch(worker, args)
     if args.preset:
         walkthrough_end(args)

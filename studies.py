@@ -51,9 +51,8 @@ def run_search(seed, out, log_every):
     """The laptop walkthrough for one seed (search, retrain, test); its summary.json, resuming if cut off."""
     folder = os.path.join(out, f"search-seed{seed}")
     summary = os.path.join(folder, "summary.json")
-    if os.path.exists(os.path.join(folder, "args.json")):  # a run of another recipe must not enter the table
-        with open(os.path.join(folder, "args.json")) as f:
-            have = json.load(f)
+    if os.path.exists(os.path.join(folder, cli.SETTINGS)):  # a run of another recipe must not enter the table
+        have = cli.read_json(os.path.join(folder, cli.SETTINGS), "run settings")
         for k, v in search.PRESETS[PRESET].items():
             if k != "out" and have.get(k) != v:
                 raise UsageError(f"{folder} was searched with {k}={have.get(k)!r}, the preset has {v!r}; "
@@ -177,8 +176,8 @@ def table1(args):
     series = {kind: (colour, [(r["flops"] / 1e6, r["test_top1"]) for r in rows if r["kind"] == kind])
               for kind, colour in (("random", "#9e9e9e"), ("searched", "#d62728"))}
     save_text_atomic(scatter_svg(series, "FLOPs (millions)", "test top-1 (%)",
-                           "Table 1 at laptop scale: searched vs random at equal FLOPs"),
-               os.path.join(args.out, "table1.svg"))
+                                 "Table 1 at laptop scale: searched vs random at equal FLOPs"),
+                     os.path.join(args.out, "table1.svg"))
     print(f"\n== Table 1 at laptop scale ({len(args.seeds)} seeds, {args.random} random networks each) ==")
     print(f"{'':<10} {'count':>5} {'test top-1 (%)':>18}")
     for kind in ("searched", "random"):
@@ -228,7 +227,6 @@ def estimation_experiment(space, samples, seed=0, scale=1.0):
         result[name] = {"pearson": pearson(pred, real), "kendall": kendall(pred, real),
                         "mean_rel_error": sum(abs(q - r) / r for q, r in zip(pred, real)) / samples}
     return result, points
-
 
 
 # ----------------------------------------------------------------------------------------
@@ -281,7 +279,8 @@ def random_search_worker(rank, world, device, args):
     main_rank, cuda = rank == 0, device.type == "cuda"
     workers = runtime.workers(args, device)
     data = runtime.main_first(lambda: load_data(args.data, "search", args.seed, args.input_size, args.subset,
-                                                args.classes, split_file=search.split_path(args)))
+                                                args.classes, split_file=search.split_path(args),
+                                                verify_images=False))  # check_run verified them
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
     draws = random_archs_at_flops(space, flops_table(space), args.random, args.target_flops,
                            torch.Generator().manual_seed(args.seed))

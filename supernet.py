@@ -528,8 +528,12 @@ class Space:
             return ([signature("conv3x3", self.in_channels, self.stem_out, self.stem_stride, self.input_size)]
                     + [signature(o, self.stem_out, self.b0_out, 1, self.blocks[0].resolution) for o in self.b0_ops])
         if j == self.n:
-            return [signature("linear", self.end_width, self.num_classes, 1, 1)]
+            return [self.classifier_signature(self.end_width)]
         return []
+
+    def classifier_signature(self, width):
+        """The classifier after global average pooling, fed by `width` channels."""
+        return signature("linear", width, self.num_classes, 1, 1)
 
     def derived_classifiers(self):
         """Classifier signatures a derived network can have: after the ending conv, or where the derived network
@@ -537,7 +541,7 @@ class Space:
         if self.derived_end_conv:
             return self.fixed_signatures(self.n)
         widths = sorted({self.blocks[i].channels for i, j in self.edges if j == self.n})
-        return [signature("linear", c, self.num_classes, 1, 1) for c in widths]
+        return [self.classifier_signature(c) for c in widths]
 
     def describe(self, params=None):
         return {"space": self.name, "input_size": self.input_size,
