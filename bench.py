@@ -64,7 +64,7 @@ from cli import ArgumentParser, UsageError, check_ranges, run_cli
 from cost import CostModel, flops_table
 from data import FAKE_SIZES
 from latency import get_device
-from retrain import ArchNet, train_epoch
+from retrain import ArchNet, sgd_steps
 from search import DEFAULTS, UNITS, Objective, arch_step, sample_candidates, set_trainable, weight_step
 from supernet import SPACES, SuperNet, add_all, get_space, load_arch
 
@@ -140,7 +140,7 @@ class Reference(nn.Module):
 # The four steps
 
 class Bench:
-    """The super network, its optimisers and Eq. 8 as search.Context holds them (channels-last), the
+    """The super network, its optimisers and Eq. 8 as search.Search holds them (channels-last), the
     reference's contiguous copy of it with its own momentum buffers, and one batch in both formats."""
 
     def __init__(self, space, device, batch_size, seed=0, amp=False):
@@ -149,7 +149,7 @@ class Bench:
         # the super network's steps in bf16 autocast, as search.py --amp runs them; the reference stays float32
         self.autocast = lambda: runtime.autocast(device, amp)
         torch.manual_seed(seed)
-        self.net = SuperNet(space).to(device, memory_format=torch.channels_last).train()  # as search.Context
+        self.net = SuperNet(space).to(device, memory_format=torch.channels_last).train()  # as search.Search
         # the reference's modules: the same weights, contiguous, stock nn.Conv2d, in-place ReLU6
         self.ref_net = copy.deepcopy(self.net).to(memory_format=torch.contiguous_format)
         for m in self.ref_net.modules():
@@ -457,19 +457,19 @@ def check_parts(args):
 
 
 def retrain_step(arch, dev, batch_size, amp, steps):
-    """img/s and peak memory of retrain.py's training step (retrain.train_epoch) on the arch, synthetic batches."""
+    """img/s and peak memory of retrain.py's training step (retrain.sgd_steps) on the arch, synthetic batches."""
     torch.manual_seed(0)
     net = ArchNet(arch).to(dev, memory_format=torch.channels_last)
     r = arch["input_size"]
-    batch = runtime.batch_to(dev, torch.randn(batch_size, arch["in_channels"], r, r),
-                             torch.randint(0, arch["num_classes"], (batch_size,)))  # on the device: the step alone
+    batch = (torch.randn(batch_size, arch["in_channels"], r, r).to(dev, memory_format=torch.channels_last),
+             torch.randint(0, arch["num_classes"], (batch_size,)).to(dev))  # on the device: the step alone
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=4e-5)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     autocast = runtime.autocast(dev, amp)
 
     def run(n):
         bar = runtime.Progress("retrain", n, batch_size, enabled=False)
-        train_epoch(net, [batch] * n, opt, criterion, lambda step: 0.1, 0, dev, autocast, bar)
+        sgd_steps(net, [batch] * n, opt, criterion, lambda step: 0.1, 0, autocast, bar)
     run(2)  # kernels chosen and momentum buffers made before timing
     seconds = timed(lambda: run(steps), dev)
     return {"arch": arch.get("space"), "batch_size": batch_size, "img_s": steps * batch_size / seconds,

@@ -246,7 +246,7 @@ def restore_settings(args, given, out, changeable=("resume", "out", "log_every",
     require_run(out)
     if not os.path.isfile(os.path.join(out, SETTINGS)):
         return  # a run of an older version: its settings are the flags given, compared with its checkpoint
-    saved = read_json(os.path.join(out, SETTINGS), "run settings")
+    saved = read_settings(out)
     for key, value in saved.items():
         if key in changeable or not hasattr(args, key):
             continue
@@ -255,6 +255,11 @@ def restore_settings(args, given, out, changeable=("resume", "out", "log_every",
             raise UsageError(f"the run in {out} has --{key.replace('_', '-')} {value}, this command says {mine}; "
                              "drop the flag to resume it")
         setattr(args, key, value)
+
+
+def read_settings(out):
+    """The settings a run in OUT recorded when it started (its args.json)."""
+    return read_json(os.path.join(out, SETTINGS), "run settings")
 
 
 def begin_run(args):
@@ -271,6 +276,22 @@ def same_config(have, want, path):
     if diff:
         k = diff[0]
         raise UsageError(f"{path} was made with {k}={have.get(k)!r}, this run has {want[k]!r}")
+
+
+def load_states(ck, parts, what):
+    """Load ck[key] into each {key: module or optimiser} of `parts`; a checkpoint of another network is one line."""
+    try:
+        for key, obj in parts.items():
+            obj.load_state_dict(ck[key])
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise UsageError(f"checkpoint does not match this {what} ({str(e).splitlines()[0]})") from None
+
+
+def resuming(out, done, total, unit="epoch"):
+    """The line a resumed run prints: where it goes on, or that it has nothing left to do."""
+    if done >= total:
+        return f"nothing to resume: {out} finished all {total} {unit}s"
+    return f"resuming {out} at {unit} {done + 1}/{total}"
 
 
 def stop_unless_finite(loss, where):

@@ -20,7 +20,7 @@ import cli
 import runtime
 from cli import ArgumentParser, UsageError, run_cli, save_json_atomic
 from cost import arch_cost, count_flops, load_table
-from data import load_data, make_loader
+from data import load_data
 from supernet import SPACES, arch_ops, arch_text, count_params, init_weights, load_arch, make_op
 
 
@@ -50,29 +50,27 @@ def profile(arch):
 # ----------------------------------------------------------------------------------------
 # Training and evaluation
 
-def evaluate(net, loader, device, autocast):
-    """Top-1 and top-5 accuracy (%) over the loader, summed over ranks."""
+def evaluate(proc, net, dataset, batch_size):
+    """Top-1 and top-5 accuracy (%) over the dataset, this process's share of it, summed over ranks."""
     net.eval()
     top1 = top5 = total = 0
     with torch.no_grad():
-        for x, y in loader:
-            x, y = runtime.batch_to(device, x, y)
-            with autocast:
+        for x, y in proc.loader(dataset, batch_size, False, 0, 0, drop_last=False):
+            with proc.autocast():
                 logits = net(x).float()
             k = min(5, logits.shape[1])
             hit = logits.topk(k, 1).indices == y[:, None]
             top1 += hit[:, 0].sum().item()
             top5 += hit.any(1).sum().item()
             total += len(y)
-    top1, top5, total = runtime.all_reduce_sum([top1, top5, total], device)
+    top1, top5, total = runtime.all_reduce_sum([top1, top5, total], proc.device)
     return 100.0 * top1 / max(total, 1), 100.0 * top5 / max(total, 1)
 
 
-def train_epoch(net, loader, opt, criterion, lr_at, step, device, autocast, bar):
-    """One epoch of SGD on a stand-alone network (learning rate lr_at(step) per step); returns the step count."""
+def sgd_steps(net, batches, opt, criterion, lr_at, step, autocast, bar):
+    """SGD on a stand-alone network over `batches` (learning rate lr_at(step) per step); returns the step count."""
     net.train()
-    for x, y in loader:
-        x, y = runtime.batch_to(device, x, y)
+    for x, y in batches:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         with autocast:
@@ -87,79 +85,80 @@ def train_epoch(net, loader, opt, criterion, lr_at, step, device, autocast, bar)
     return step
 
 
-def retrain_worker(rank, world, device, args):
-    main_rank, cuda = rank == 0, device.type == "cuda"
-    workers = runtime.workers(args, device)
+def train_epoch(proc, net, trained, opt, dataset, args, epoch, step, name, epochs_after):
+    """One epoch of the recipe in args (batch, cosine learning rate over args.epochs, label smoothing) on this
+    process's batches; `trained` is net, or net under DDP. Returns the step count and the epoch's Progress."""
+    loader = proc.loader(dataset, args.batch_size, True, epoch, args.seed)
+    bar = runtime.Progress(name, len(loader), args.batch_size, epochs_after * len(loader), every=args.log_every,
+                           enabled=proc.main)
+    total = args.epochs * len(loader)
+    step = sgd_steps(trained, loader, opt, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
+                     lambda k: runtime.cosine_lr(k, total, args.lr, args.lr_min), step, proc.autocast(), bar)
+    runtime.broadcast_buffers(net)  # DDP sends rank 0's BN statistics before each forward; after the last, now
+    return step, bar
+
+
+def retrain_worker(proc, args):
     arch = load_arch(args.arch)
     data = load_data(args.data, "retrain", args.seed, arch["input_size"], args.subset,
                      verify_images=False)  # main() verified them before launching
     torch.manual_seed(args.seed)
-    net = ArchNet(arch).to(device, memory_format=torch.channels_last)  # faster on oneDNN and cuDNN alike
-    autocast = runtime.autocast(device, args.amp)
-    eval_loader = make_loader(data.val, args.batch_size, False, 0, args.seed, rank, world, workers, cuda,
-                              drop_last=False)
+    net = ArchNet(arch).to(proc.device, memory_format=torch.channels_last)  # faster on oneDNN and cuDNN alike
     if args.eval:
         net.load_state_dict(load_weights(args.weights))
-        top1, top5 = evaluate(net, eval_loader, device, autocast)
-        if main_rank:
+        top1, top5 = evaluate(proc, net, data.val, args.batch_size)
+        if proc.main:
             print(json.dumps({"top1": top1, "top5": top5}))
         return
     opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    steps = len(make_loader(data.train, args.batch_size, True, 0, args.seed, rank, world))
     ck_path = os.path.join(args.out, cli.CHECKPOINT)
     start, step, history = 0, 0, []
     if args.resume and os.path.exists(ck_path):
         ck = cli.load_checkpoint(ck_path)
-        try:
-            net.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["opt"])
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise UsageError(f"checkpoint does not match this network ({str(e).splitlines()[0]})") from None
+        cli.load_states(ck, {"model": net, "opt": opt}, "network")
         start, step, history = ck["epoch"], ck["step"], ck["history"]
-        if main_rank:
-            print(f"nothing to resume: {args.out} finished all {args.epochs} epochs" if start >= args.epochs
-                  else f"resuming {args.out} at epoch {start + 1}/{args.epochs}", flush=True)
-    trained = runtime.data_parallel(net, device)  # after a resume's load: every rank starts from rank 0's state
-    if main_rank:
+        if proc.main:
+            print(cli.resuming(args.out, start, args.epochs), flush=True)
+    trained = runtime.data_parallel(net, proc.device)  # after a resume's load: every rank starts from rank 0's state
+    if proc.main:
         print(arch_text(arch))
-        print(f"data {data.info}; {world} process(es) on {device}", flush=True)
+        print(f"data {data.info}; {proc.world} process(es) on {proc.device}", flush=True)
     for epoch in range(start, args.epochs):
         torch.manual_seed(args.seed * 1000 + epoch)
         t0 = time.time()
-        loader = make_loader(data.train, args.batch_size, True, epoch, args.seed, rank, world, workers, cuda)
-        bar = runtime.Progress(f"[epoch {epoch + 1}/{args.epochs}]", len(loader), args.batch_size,
-                               (args.epochs - epoch - 1) * steps, every=args.log_every, enabled=main_rank)
-        step = train_epoch(trained, loader, opt, criterion, lambda k: runtime.cosine_lr(
-            k, args.epochs * steps, args.lr, args.lr_min), step, device, autocast, bar)
-        runtime.broadcast_buffers(net)  # DDP sends rank 0's BN statistics before each forward; after the last, now
-        top1, top5 = evaluate(net, eval_loader, device, autocast)  # the module itself: no collectives per batch
+        step, bar = train_epoch(proc, net, trained, opt, data.train, args, epoch, step,
+                                f"[epoch {epoch + 1}/{args.epochs}]", args.epochs - epoch - 1)
+        top1, top5 = evaluate(proc, net, data.val, args.batch_size)  # the module itself: no collectives per batch
         if args.check_sync:
             runtime.check_in_sync(net)
-        rec = {"epoch": epoch + 1, "train_loss": bar.means()["loss"], "top1": top1, "top5": top5,
-               "img_s": bar.images_per_s() * world, "seconds": time.time() - t0}
-        history.append(rec)
-        if main_rank:
-            print(f"epoch {epoch + 1}/{args.epochs} {runtime.fmt_time(rec['seconds'])}: train loss "
-                  f"{rec['train_loss']:.3f}, top-1 {top1:.2f}%, top-5 {top5:.2f}%", flush=True)
+        history.append({"epoch": epoch + 1, "train_loss": bar.means()["loss"], "top1": top1, "top5": top5,
+                        "img_s": bar.images_per_s() * proc.world, "seconds": time.time() - t0})
+        if proc.main:
+            print(f"epoch {epoch + 1}/{args.epochs} {runtime.fmt_time(history[-1]['seconds'])}: train loss "
+                  f"{history[-1]['train_loss']:.3f}, top-1 {top1:.2f}%, top-5 {top5:.2f}%", flush=True)
             cli.save_atomic({"config": retrain_config(args), "epoch": epoch + 1, "step": step,
                              "history": history, "model": net.state_dict(), "opt": opt.state_dict()}, ck_path)
         runtime.barrier()
-    if main_rank and args.check_sync:
-        print(f"check-sync: all {world} ranks held identical weights after each of {args.epochs - start} epochs")
-    if main_rank:
-        cli.save_atomic(net.state_dict(), os.path.join(args.out, "model.pt"))
-        prof = profile(arch)
-        last = history[-1] if history else {}
-        report = {"arch": args.arch, "data": args.data, "epochs": args.epochs, "top1": last.get("top1"),
-                  "top5": last.get("top5"), "params": prof["params"], "flops": prof["flops"],
-                  "wall_s": sum(h["seconds"] for h in history), "history": history}
-        if args.latency_lut:
-            report["latency_ms"] = arch_cost(arch, load_table(args.latency_lut))
-        save_json_atomic(report, os.path.join(args.out, "report.json"))
-        print(f"top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}% on {data.info.get('val')} images; "
-              f"{prof['flops'] / 1e6:.2f}M FLOPs, {prof['params'] / 1e6:.3f}M params; "
-              f"report in {os.path.join(args.out, 'report.json')}")
+    if proc.main and args.check_sync:
+        print(f"check-sync: all {proc.world} ranks held identical weights after each of {args.epochs - start} epochs")
+    if proc.main:
+        write_report(args, arch, net, history, data.info)
+
+
+def write_report(args, arch, net, history, info):
+    """OUT/model.pt and OUT/report.json: the last epoch's accuracy, params, FLOPs (and table latency)."""
+    cli.save_atomic(net.state_dict(), os.path.join(args.out, "model.pt"))
+    prof = profile(arch)
+    last = history[-1] if history else {}
+    report = {"arch": args.arch, "data": args.data, "epochs": args.epochs, "top1": last.get("top1"),
+              "top5": last.get("top5"), "params": prof["params"], "flops": prof["flops"],
+              "wall_s": sum(h["seconds"] for h in history), "history": history}
+    if args.latency_lut:
+        report["latency_ms"] = arch_cost(arch, load_table(args.latency_lut))
+    save_json_atomic(report, os.path.join(args.out, "report.json"))
+    print(f"top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}% on {info.get('val')} images; "
+          f"{prof['flops'] / 1e6:.2f}M FLOPs, {prof['params'] / 1e6:.3f}M params; "
+          f"report in {os.path.join(args.out, 'report.json')}")
 
 
 def load_weights(path):

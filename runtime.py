@@ -14,12 +14,14 @@ import os
 import socket
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cli import UsageError, die_with_parent
+from data import make_loader
 
 # A super network runs hundreds of distinct convolution shapes (every candidate of every layer, forward and
 # backward), more than oneDNN's default cache of 1,024 compiled CPU kernels holds, so without this it rebuilds
@@ -28,14 +30,32 @@ from cli import UsageError, die_with_parent
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 
-def workers(args, device):
-    """Data-loading worker processes: --workers, else 4 on CUDA and none on the CPU (the main process loads)."""
-    return args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
-
-
 def autocast(device, amp):
     """bf16 autocast on CUDA with --amp; a no-op context otherwise."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
+@dataclass(frozen=True)
+class Proc:
+    """This process of the run: rank `rank` of `world` on `device`, with `workers` data-loading processes
+    (--workers; default 4 on CUDA, none on the CPU, where the main process loads) and bf16 autocast with amp."""
+    rank: int
+    world: int
+    device: torch.device
+    workers: int
+    amp: bool
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def loader(self, dataset, batch_size, shuffle, epoch, seed, drop_last=True):
+        """This process's batches of one epoch (data.make_loader), on its device in channels-last."""
+        return make_loader(dataset, batch_size, shuffle, epoch, seed, self.rank, self.world, self.workers,
+                           self.device, drop_last)
+
+    def autocast(self):
+        return autocast(self.device, self.amp)
 
 
 def add_device_args(ap):
@@ -88,7 +108,7 @@ def free_port():
 
 
 def launch(worker, args):
-    """Run worker(rank, world, device, args) in every process of the run."""
+    """Run worker(proc, args) in every process of the run (proc: a Proc)."""
     if under_torchrun():
         rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
         cuda = torch.cuda.is_available()
@@ -129,8 +149,9 @@ def _worker(rank, world, gpu, args, worker, port):
         dist.init_process_group("nccl" if gpu is not None else "gloo", rank=rank, world_size=world)
         if gpu is None:  # share the cores between the processes instead of oversubscribing them
             torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
     try:
-        return worker(rank, world, device, args)
+        return worker(Proc(rank, world, device, workers, args.amp), args)
     finally:
         if world > 1:
             dist.destroy_process_group()
@@ -218,12 +239,6 @@ def all_reduce_sum(values, device):
 def barrier():
     if world_size() > 1:
         dist.barrier()
-
-
-def batch_to(device, x, y):
-    """A batch onto the device, images in channels-last (oneDNN's and cuDNN's convolutions are faster in it)."""
-    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=True)
 
 
 def cosine_lr(step, total, lr_max, lr_min):

@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -27,9 +28,9 @@ import retrain
 import runtime
 from cli import ArgumentParser, UsageError, run_cli, save_json_atomic
 from cost import CostModel, arch_cost, check_table, flops_table, load_table
-from data import load_data, make_loader
+from data import load_data
 from supernet import SPACES, SuperNet, arch_text, get_space
-from viterbi import decisiveness, derive, derive_supernet, draw_run, save_arch_params
+from viterbi import decisiveness, derive_supernet, draw_run, save_arch_params
 
 # The paper's settings (supplement A.1, A.4; arXiv v1 for label smoothing); lambda and tau, which the paper does not
 # give, are the authors' published code's; toy is ours, for tests.
@@ -42,13 +43,13 @@ DEFAULTS = {
     "toy": dict(PAPER, epochs=4, warmup_epochs=2, batch_size=64, lam=0.15, tau=15.0),
 }
 # --preset laptop: the whole pipeline on Fashion-MNIST on a 2-core CPU in about 13 minutes: the `mini` space
-# (supernet.py) at 28 px, 9,600 images per split, 11 epochs of which 5 weights-only. Where it departs from the
-# paper it says why in the README ("How the laptop preset departs from the paper"); the main ones: an
-# architecture learning rate ~30x the paper's, as this search makes ~900 architecture steps, not ~7,400;
-# a weight learning rate of 0.1 at batch 64 for ~1,700 weight steps; and lambda 0.03, not 0.15, as at 0.15
-# the cost term alone decides every choice on Fashion-MNIST.
-PRESETS = {"laptop": dict(space="mini", data="fashion-mnist", subset=9600, epochs=11, warmup_epochs=5,
-                          batch_size=64, lr=0.1, arch_lr=1e-2, lam=0.03, out=os.path.join("runs", "laptop"))}
+# (supernet.py) at 28 px, 9,600 images per split, 11 epochs of which 5 weights-only. A preset is flags, read as if
+# written before the given ones (which win). Where it departs from the paper it says why in the README ("How the
+# laptop preset departs from the paper"); the main ones: an architecture learning rate ~30x the paper's, as this
+# search makes ~900 architecture steps, not ~7,400; a weight learning rate of 0.1 at batch 64 for ~1,700 weight
+# steps; and lambda 0.03, not 0.15, as at 0.15 the cost term alone decides every choice on Fashion-MNIST.
+PRESETS = {"laptop": ["--space", "mini", "--data", "fashion-mnist", "--subset", "9600", "--epochs", "11",
+                      "--warmup-epochs", "5", "--batch-size", "64", "--lr", "0.1", "--arch-lr", "1e-2", "--lam", "0.03"]}
 RETRAIN_PRESETS = {"laptop": ["--epochs", "5", "--batch-size", "128", "--lr", "0.1", "--subset", "24000"]}
 IMAGENET_COMMAND = "python search.py --space mbv2 --data /path/to/imagenet --gpus 4"
 # cost units of log_tau(cost) in Eq. 8: latency in ms (tau = 15), FLOPs in millions (tau = 3500)
@@ -140,148 +141,177 @@ def arch_step(net, opt, objective, x, y, samples, autocast=contextlib.nullcontex
 
 
 # ----------------------------------------------------------------------------------------
-# One epoch of each stage
+# The search of one process: the super network, its optimisers, Eq. 8, epoch by epoch
 
-def weight_epoch(ctx, epoch):
-    """Stage 1, and the weight half of stage 2: an epoch of weight_step on the training split."""
-    a, net = ctx.args, ctx.net
-    loader = make_loader(ctx.data.train, a.batch_size, True, epoch, a.seed, ctx.rank, ctx.world,
-                         ctx.workers, ctx.cuda)
-    g = torch.Generator().manual_seed(a.seed * 1000 + epoch)
-    set_trainable(ctx.weights, True)
-    set_trainable(net.arch_parameters(), False)
-    net.train()
-    bar = ctx.progress(f"[epoch {epoch + 1}/{a.epochs} weights]", len(loader), epoch)
-    for x, y in loader:
-        x, y = ctx.to_device(x, y)
-        for group in ctx.w_opt.param_groups:
-            group["lr"] = runtime.cosine_lr(ctx.global_step, ctx.total_weight_steps, a.lr, a.lr_min)
-        logits, loss = weight_step(net, ctx.w_opt, ctx.objective.criterion, x, y, sample_candidates(net, 1, g),
-                                   ctx.autocast())
-        cli.stop_unless_finite(loss.item(), f"epoch {epoch + 1}, weight step {bar.step + 1}")
-        runtime.broadcast_buffers(net)
-        ctx.after_step()
-        ctx.global_step += 1
-        bar.update(loss=loss.item(), acc=(logits.argmax(1) == y).float().mean().item() * 100)
-    return {"train_" + k: v for k, v in bar.means().items()} | {"train_img_s": bar.images_per_s() * ctx.world}
+class Search:
+    """One process's share of the search (Sec. 3.4): the super network (weights, alpha, beta), SGD on the
+    weights and Adam on alpha and beta (supplement A.1), the objective of Eq. 8 with the cost table, and
+    where the search stands (epochs done, weight steps taken, best validation accuracy): the checkpoint."""
 
+    def __init__(self, proc, args, data, space, table):
+        self.proc, self.args, self.data, self.table = proc, args, data, table
+        torch.manual_seed(args.seed)
+        # channels-last on every device: oneDNN's CPU kernels and cuDNN's both run faster in it
+        self.net = SuperNet(space).to(proc.device, memory_format=torch.channels_last)
+        self.w_opt = torch.optim.SGD(self.net.weight_parameters(), lr=args.lr, momentum=args.momentum,
+                                     weight_decay=args.weight_decay)
+        self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=args.arch_lr, betas=tuple(args.arch_betas),
+                                      weight_decay=args.arch_weight_decay)
+        self.objective = Objective(CostModel(space, table), args.lam, args.tau, UNITS.get(table["metric"], 1.0),
+                                   args.estimator, args.label_smoothing)
+        self.epoch, self.step, self.best = 0, 0, None
 
-def arch_epoch(ctx, epoch):
-    """Stage 2's architecture half: an epoch of arch_step on the validation split."""
-    a, net = ctx.args, ctx.net
-    loader = make_loader(ctx.data.val, a.batch_size, True, epoch, a.seed + 1, ctx.rank, ctx.world,
-                         ctx.workers, ctx.cuda)
-    g = torch.Generator().manual_seed(a.seed * 1000 + epoch + 500)
-    set_trainable(ctx.weights, False)  # no weight gradients are needed for this step
-    set_trainable(net.arch_parameters(), True)
-    net.train()
-    bar = ctx.progress(f"[epoch {epoch + 1}/{a.epochs} arch]", len(loader), epoch)
-    for x, y in loader:
-        x, y = ctx.to_device(x, y)
-        logits, loss, cost = arch_step(net, ctx.a_opt, ctx.objective, x, y, sample_candidates(net, 2, g),
-                                       ctx.autocast())
-        cli.stop_unless_finite(loss.item(), f"epoch {epoch + 1}, architecture step {bar.step + 1}")
-        runtime.broadcast_buffers(net)
-        ctx.after_step()
-        bar.update(loss=loss.item(), acc=(logits.argmax(1) == y).float().mean().item() * 100, cost=cost.item())
-    return {"arch_" + k: v for k, v in bar.means().items()}
+    def batches(self, split, epoch):
+        """This process's batches of an epoch: 'train' for the weights, 'val' for alpha and beta (A.1)."""
+        a = self.args
+        dataset, seed = (self.data.train, a.seed) if split == "train" else (self.data.val, a.seed + 1)
+        return self.proc.loader(dataset, a.batch_size, True, epoch, seed)
 
+    def run_epoch(self, epoch):
+        """Stage 1 (epoch < --warmup-epochs): the weights alone; stage 2: alpha and beta, then the weights.
+        Then, from --eval-from on, the super network's validation accuracy. Returns the epoch's log record."""
+        a = self.args
+        rec = {"epoch": epoch + 1, "stage": "warmup" if epoch < a.warmup_epochs else "search"}
+        if rec["stage"] == "search":
+            rec |= self.arch_epoch(epoch)
+        rec |= self.weight_epoch(epoch)
+        loss, acc = runtime.all_reduce_sum([rec["train_loss"], rec["train_acc"]], self.proc.device)
+        rec["train_loss"], rec["train_acc"] = loss / self.proc.world, acc / self.proc.world
+        if epoch + 1 >= a.eval_from:
+            rec |= self.evaluate()
+        self.epoch = epoch + 1
+        return rec
 
-def evaluate(ctx):
-    """Validation accuracy (%) of the super network read at its current decision, two ways, both on
-    the shared weights: `val_acc` with every layer at its argmax candidate and every path weighted by
-    p (Eq. 4), and `derived_val_acc` for the derived network alone (argmax alpha, only the blocks of
-    the Viterbi path, Sec. 3.4). The second is usually lower while p is not one-hot: Eq. 4 normalises p over a
-    block's outgoing paths, so a block on the path also takes input from blocks off it, which the
-    derived network lacks; the paper retrains the derived network for this reason. BN normalises with
-    batch statistics (momentum 0, so the running statistics are left as they are)."""
-    net = ctx.net
-    path = derive_supernet(net)["path"]
-    samples = net.argmax_samples()
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.momentum = 0.0
-    net.train()
-    correct = [0, 0]
-    total = 0
-    loader = make_loader(ctx.data.val, ctx.args.batch_size, False, 0, ctx.args.seed, ctx.rank, ctx.world,
-                         ctx.workers, ctx.cuda, drop_last=False)
-    with torch.no_grad():
+    def weight_epoch(self, epoch):
+        """Stage 1, and the weight half of stage 2: an epoch of weight_step on the training split."""
+        a, net = self.args, self.net
+        loader = self.batches("train", epoch)
+        g = torch.Generator().manual_seed(a.seed * 1000 + epoch)
+        set_trainable(net.weight_parameters(), True)
+        set_trainable(net.arch_parameters(), False)
+        net.train()
+        bar = self.progress("weights", len(loader), epoch)
         for x, y in loader:
-            x, y = ctx.to_device(x, y)
-            with ctx.autocast():
-                for k, p in enumerate((None, path)):
-                    correct[k] += (net(x, samples, p).argmax(1) == y).sum().item()
-            total += len(y)
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
-    *correct, total = runtime.all_reduce_sum(correct + [total], ctx.device)
-    return {"val_acc": 100.0 * correct[0] / max(total, 1), "derived_val_acc": 100.0 * correct[1] / max(total, 1)}
+            for group in self.w_opt.param_groups:  # cosine over every weight step of the search
+                group["lr"] = runtime.cosine_lr(self.step, a.epochs * len(loader), a.lr, a.lr_min)
+            logits, loss = weight_step(net, self.w_opt, self.objective.criterion, x, y, sample_candidates(net, 1, g),
+                                       self.proc.autocast())
+            self.after_step(loss, f"epoch {epoch + 1}, weight step {bar.step + 1}")
+            self.step += 1
+            bar.update(loss=loss.item(), acc=accuracy(logits, y))
+        return {"train_" + k: v for k, v in bar.means().items()} | {"train_img_s": bar.images_per_s() * self.proc.world}
+
+    def arch_epoch(self, epoch):
+        """Stage 2's architecture half: an epoch of arch_step on the validation split."""
+        a, net = self.args, self.net
+        loader = self.batches("val", epoch)
+        g = torch.Generator().manual_seed(a.seed * 1000 + epoch + 500)
+        set_trainable(net.weight_parameters(), False)  # no weight gradients are needed for this step
+        set_trainable(net.arch_parameters(), True)
+        net.train()
+        bar = self.progress("arch", len(loader), epoch)
+        for x, y in loader:
+            logits, loss, cost = arch_step(net, self.a_opt, self.objective, x, y, sample_candidates(net, 2, g),
+                                           self.proc.autocast())
+            self.after_step(loss, f"epoch {epoch + 1}, architecture step {bar.step + 1}")
+            bar.update(loss=loss.item(), acc=accuracy(logits, y), cost=cost.item())
+        return {"arch_" + k: v for k, v in bar.means().items()}
+
+    def after_step(self, loss, where):
+        cli.stop_unless_finite(loss.item(), where)
+        runtime.broadcast_buffers(self.net)
+        if self.args.check_sync:
+            runtime.check_in_sync(self.net)
+
+    def progress(self, half, steps, epoch):
+        """The progress line of one half of an epoch; its ETA counts the steps of the epochs after it."""
+        a = self.args
+        train, val = len(self.batches("train", 0)), len(self.batches("val", 0))
+        later = sum(train + (val if e >= a.warmup_epochs else 0) for e in range(epoch + 1, a.epochs))
+        return runtime.Progress(f"[epoch {epoch + 1}/{a.epochs} {half}]", steps, a.batch_size, later,
+                                every=a.log_every, enabled=self.proc.main)
+
+    def evaluate(self):
+        """Validation accuracy (%) of the super network read at its current decision, two ways, both on the
+        shared weights: `val_acc` with every layer at its argmax candidate and every path weighted by p (Eq. 4),
+        and `derived_val_acc` for the derived network alone (argmax alpha, only the blocks of the Viterbi path,
+        Sec. 3.4). The second is usually lower while p is not one-hot: Eq. 4 normalises p over a block's
+        outgoing paths, so a block on the path also takes input from blocks off it, which the derived network
+        lacks; the paper retrains the derived network for this reason. BN normalises with batch statistics
+        (momentum 0, so the running statistics are left as they are)."""
+        net = self.net
+        path, samples = derive_supernet(net)["path"], net.argmax_samples()
+        bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.momentum = 0.0
+        net.train()
+        correct, total = [0, 0], 0
+        with torch.no_grad():
+            for x, y in self.proc.loader(self.data.val, self.args.batch_size, False, 0, self.args.seed,
+                                         drop_last=False):
+                with self.proc.autocast():
+                    for k, p in enumerate((None, path)):
+                        correct[k] += (net(x, samples, p).argmax(1) == y).sum().item()
+                total += len(y)
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        *correct, total = runtime.all_reduce_sum(correct + [total], self.proc.device)
+        return {"val_acc": 100.0 * correct[0] / max(total, 1), "derived_val_acc": 100.0 * correct[1] / max(total, 1)}
+
+    def state(self):
+        return {"config": run_config(self.args), "epoch": self.epoch, "global_step": self.step, "best": self.best,
+                "model": self.net.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
+                "rng": torch.get_rng_state()}
+
+    def load(self, ck):
+        cli.load_states(ck, {"model": self.net, "w_opt": self.w_opt, "a_opt": self.a_opt}, "super network")
+        self.epoch, self.step, self.best = ck["epoch"], ck["global_step"], ck["best"]
+
+
+def accuracy(logits, y):
+    return (logits.argmax(1) == y).float().mean().item() * 100
 
 
 # ----------------------------------------------------------------------------------------
-# The run
+# The run: one worker per process, what it writes after every epoch
 
-class Context:
-    """Everything one process of the search holds."""
-
-    def __init__(self, rank, world, device, args):
-        self.rank, self.world, self.device, self.args = rank, world, device, args
-        self.main = rank == 0
-        self.cuda = device.type == "cuda"
-        self.workers = runtime.workers(args, device)
-        self.data = runtime.main_first(lambda: load_data(args.data, "search", args.seed, args.input_size,
-                                                         args.subset, args.classes, split_file=split_path(args),
-                                                         verify_images=False))  # check_run verified them
-        self.space = get_space(args.space, self.data.input_size, self.data.in_channels, self.data.num_classes,
-                               args.connect)
-        self.table = resolve_table(args, self.space, device, say=self.main)
-        self.unit = UNITS.get(self.table["metric"], 1.0)
-        self.objective = Objective(CostModel(self.space, self.table), args.lam, args.tau, self.unit, args.estimator,
-                                   args.label_smoothing)
-        torch.manual_seed(args.seed)
-        # channels-last on every device: oneDNN's CPU kernels and cuDNN's both run faster in it
-        self.net = SuperNet(self.space).to(device, memory_format=torch.channels_last)
-        self.weights = self.net.weight_parameters()
-        self.w_opt = torch.optim.SGD(self.weights, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-        self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=args.arch_lr, betas=tuple(args.arch_betas),
-                                      weight_decay=args.arch_weight_decay)
-        self.steps_per_epoch = len(make_loader(self.data.train, args.batch_size, True, 0, args.seed, rank, world))
-        self.arch_steps = len(make_loader(self.data.val, args.batch_size, True, 0, args.seed, rank, world))
-        self.total_weight_steps = args.epochs * self.steps_per_epoch
-        self.global_step, self.epoch, self.best, self.synced_steps = 0, 0, None, 0
-
-    def to_device(self, x, y):
-        return runtime.batch_to(self.device, x, y)
-
-    def after_step(self):
-        if self.args.check_sync:
-            runtime.check_in_sync(self.net)
-            self.synced_steps += 1
-
-    def autocast(self):
-        return runtime.autocast(self.device, self.args.amp)
-
-    def progress(self, name, steps, epoch):
-        a = self.args
-        later = sum(self.steps_per_epoch + (self.arch_steps if e >= a.warmup_epochs else 0)
-                    for e in range(epoch + 1, a.epochs))
-        return runtime.Progress(name, steps, a.batch_size, later, every=a.log_every, enabled=self.main)
-
-    def state(self):
-        return {"config": run_config(self.args), "epoch": self.epoch, "global_step": self.global_step,
-                "best": self.best, "model": self.net.state_dict(), "w_opt": self.w_opt.state_dict(),
-                "a_opt": self.a_opt.state_dict(), "rng": torch.get_rng_state()}
-
-    def load(self, ck):
-        try:
-            self.net.load_state_dict(ck["model"])
-            self.w_opt.load_state_dict(ck["w_opt"])
-            self.a_opt.load_state_dict(ck["a_opt"])
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise UsageError(f"checkpoint does not match this super network ({str(e).splitlines()[0]})") from None
-        self.epoch, self.global_step, self.best = ck["epoch"], ck["global_step"], ck["best"]
+def search_worker(proc, args):
+    data = runtime.main_first(lambda: load_data(args.data, "search", args.seed, args.input_size, args.subset,
+                                                args.classes, split_file=split_path(args),
+                                                verify_images=False))  # check_run verified them
+    space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
+    s = Search(proc, args, data, space, resolve_table(args, space, proc.device, say=proc.main))
+    ck_path, log_path = os.path.join(args.out, CHECKPOINT), os.path.join(args.out, "search_log.jsonl")
+    if args.resume and os.path.exists(ck_path):
+        s.load(cli.load_checkpoint(ck_path))
+        if proc.main:
+            print(cli.resuming(args.out, s.epoch, args.epochs), flush=True)
+    if proc.main:
+        print(f"search space '{args.space}': {len(space.blocks)} blocks, {len(space.edges)} connections, "
+              f"{len(s.net.layers)} mixed layers; data {data.info}; {proc.world} process(es) on {proc.device}; "
+              f"cost {s.table['metric']} ({args.estimator} estimator)", flush=True)
+        keep_log_before(log_path, s.epoch if s.epoch else -1)
+    if s.epoch == 0:  # the untrained super network's guess, as a baseline for what the search learns
+        acc = s.evaluate()
+        if proc.main:
+            print(f"untrained super network: val acc {acc['val_acc']:.2f}%, derived network alone "
+                  f"{acc['derived_val_acc']:.2f}% (chance {100 / space.num_classes:.1f}%)", flush=True)
+            append_line(log_path, {"epoch": 0, "stage": "init", **acc})
+    first = s.epoch
+    for epoch in range(first, args.epochs):
+        t0 = time.time()
+        torch.manual_seed(args.seed * 1000 + epoch)  # everything random in this epoch follows from here
+        rec = s.run_epoch(epoch)
+        if proc.main:
+            end_of_epoch(s, rec, time.time() - t0, log_path)
+            cli.save_atomic(s.state(), ck_path)
+        runtime.barrier()
+    if args.check_sync and proc.main:
+        print(f"check-sync: all {proc.world} ranks held identical weights, alpha and beta after each of "
+              f"the steps of epochs {first + 1}-{args.epochs}", flush=True)
+    if proc.main:
+        finish(args)
 
 
 def resolve_table(args, space, device=None, say=True):
@@ -320,51 +350,6 @@ def run_config(args):
     return {k: json.loads(json.dumps(getattr(args, k))) for k in keys}  # plain values, as args.json holds them
 
 
-def search_worker(rank, world, device, args):
-    ctx = Context(rank, world, device, args)
-    ck_path = os.path.join(args.out, CHECKPOINT)
-    log_path = os.path.join(args.out, "search_log.jsonl")
-    if args.resume and os.path.exists(ck_path):
-        ctx.load(cli.load_checkpoint(ck_path))
-        if ctx.main:
-            print(f"nothing to resume: {args.out} finished all {args.epochs} epochs" if ctx.epoch >= args.epochs
-                  else f"resuming {args.out} at epoch {ctx.epoch + 1}/{args.epochs}", flush=True)
-    if ctx.main:
-        print(f"search space '{args.space}': {len(ctx.space.blocks)} blocks, {len(ctx.space.edges)} connections, "
-              f"{len(ctx.net.layers)} mixed layers; data {ctx.data.info}; {world} process(es) on {device}; "
-              f"cost {ctx.table['metric']} ({args.estimator} estimator)", flush=True)
-        keep_log_before(log_path, ctx.epoch if ctx.epoch else -1)
-    if ctx.epoch == 0:  # the untrained super network's guess, as a baseline for what the search learns
-        acc = evaluate(ctx)
-        if ctx.main:
-            print(f"untrained super network: val acc {acc['val_acc']:.2f}%, derived network alone "
-                  f"{acc['derived_val_acc']:.2f}% (chance {100 / ctx.space.num_classes:.1f}%)", flush=True)
-            with open(log_path, "a") as f:
-                f.write(json.dumps({"epoch": 0, "stage": "init", **acc}) + "\n")
-    for epoch in range(ctx.epoch, args.epochs):
-        t0 = time.time()
-        torch.manual_seed(args.seed * 1000 + epoch)  # everything random in this epoch follows from here
-        stage = "warmup" if epoch < args.warmup_epochs else "search"
-        rec = {"epoch": epoch + 1, "stage": stage}
-        if stage == "search":
-            rec |= arch_epoch(ctx, epoch)
-        rec |= weight_epoch(ctx, epoch)
-        rec["train_loss"], rec["train_acc"] = (v / world for v in runtime.all_reduce_sum(
-            [rec["train_loss"], rec["train_acc"]], device))
-        if epoch + 1 >= args.eval_from:
-            rec |= evaluate(ctx)
-        ctx.epoch = epoch + 1
-        if ctx.main:
-            end_of_epoch(ctx, rec, time.time() - t0, log_path)
-            cli.save_atomic(ctx.state(), ck_path)
-        runtime.barrier()
-    if args.check_sync and ctx.main:
-        print(f"check-sync: all {world} ranks held identical weights, alpha and beta after each of "
-              f"{ctx.synced_steps} steps", flush=True)
-    if ctx.main:
-        finish(args)
-
-
 def keep_log_before(path, last, key="epoch"):
     """On resume, drop log lines of epochs (samples) the checkpoint does not hold (a kill may fall between the two)."""
     if not os.path.exists(path):
@@ -374,34 +359,37 @@ def keep_log_before(path, last, key="epoch"):
     cli.save_text_atomic("".join(lines), path)
 
 
-def end_of_epoch(ctx, rec, seconds, log_path):
+def append_line(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def end_of_epoch(s, rec, seconds, log_path):
     """Derive the architecture, log the epoch, write arch.json (and arch_warmup.json after the last
     weights-only epoch, to show what the architecture steps changed)."""
-    net, a = ctx.net, ctx.args
+    net, a, metric, unit = s.net, s.args, s.table["metric"], s.objective.unit
     arch = derive_supernet(net)
     p = net.path_probs().detach()
     with torch.no_grad():
-        est = ctx.objective.cost(net).item() * ctx.unit
+        est = s.objective.cost(net).item() * unit
         weights = [layer.weights().cpu() for layer in net.layers]
-    rec |= {"est_cost": est, "arch_cost": arch_cost(arch, ctx.table), "metric": ctx.table["metric"],
+    rec |= {"est_cost": est, "arch_cost": arch_cost(arch, s.table), "metric": metric,
             "path": arch["path"], "widths": [b["out"] for b in arch["blocks"]],
-            **decisiveness(ctx.space, weights, p.cpu(), arch["path"]), "seconds": seconds}
+            **decisiveness(net.space, weights, p.cpu(), arch["path"]), "seconds": seconds}
     save_json_atomic(arch, os.path.join(a.out, "arch.json"))
     if rec["epoch"] == a.warmup_epochs:
         save_json_atomic(arch, os.path.join(a.out, "arch_warmup.json"))
-    save_arch_params(ctx.space, net.alphas(), p, os.path.join(a.out, "arch_params.json"))
-    if "val_acc" in rec and (ctx.best is None or rec["val_acc"] > ctx.best["val_acc"]):
-        ctx.best = {"epoch": rec["epoch"], "val_acc": rec["val_acc"]}
+    save_arch_params(net.space, net.alphas(), p, os.path.join(a.out, "arch_params.json"))
+    if "val_acc" in rec and (s.best is None or rec["val_acc"] > s.best["val_acc"]):
+        s.best = {"epoch": rec["epoch"], "val_acc": rec["val_acc"]}
         save_json_atomic(arch, os.path.join(a.out, "arch_best.json"))
-    with open(log_path, "a") as f:
-        f.write(json.dumps(rec) + "\n")
-    u = ctx.unit
+    append_line(log_path, rec)
     val = (f" val acc {rec['val_acc']:.2f}% (derived network alone {rec['derived_val_acc']:.2f}%);"
            if "val_acc" in rec else "")
     print(f"epoch {rec['epoch']}/{a.epochs} ({rec['stage']}) {runtime.fmt_time(seconds)}: train loss "
           f"{rec['train_loss']:.3f} acc {rec['train_acc']:.2f}%;{val} p on path {rec['p_path']:.2f}, "
-          f"w chosen {rec['w_chosen']:.2f}; estimated cost {est / u:.3f}, derived {rec['arch_cost'] / u:.3f} "
-          f"({ctx.table['metric']}{'/1e6' if u != 1 else ''}); widths {rec['widths']}", flush=True)
+          f"w chosen {rec['w_chosen']:.2f}; estimated cost {est / unit:.3f}, derived {rec['arch_cost'] / unit:.3f} "
+          f"({metric}{'/1e6' if unit != 1 else ''}); widths {rec['widths']}", flush=True)
 
 
 def finish(a):
@@ -427,8 +415,9 @@ def parse_args(argv=None, random=False):
     ap.add_argument("--preset", choices=list(PRESETS),
                     help="laptop: search the 'mini' space on Fashion-MNIST, retrain the result and evaluate it on "
                          "the test set, all on a CPU in about 13 minutes (flags given override its settings)")
-    ap.add_argument("--space", help=f"search space: {', '.join(SPACES)} (default mbv2)")
-    ap.add_argument("--data", help="fashion-mnist (default), fake, or an ImageFolder root with train/<class>/*")
+    ap.add_argument("--space", default="mbv2", help=f"search space: {', '.join(SPACES)} (default mbv2)")
+    ap.add_argument("--data", default="fashion-mnist",
+                    help="fashion-mnist (default), fake, or an ImageFolder root with train/<class>/*")
     ap.add_argument("--out", default=None, help="output folder (default runs/search-SPACE; runs/random-SPACE for "
                                                  "studies.py random)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -476,7 +465,9 @@ def parse_args(argv=None, random=False):
     h.add_argument("--lam", type=float, help=default_help("lam", "lambda of Eq. 8"))
     h.add_argument("--tau", type=float, help=default_help("tau", "tau of Eq. 8 (cost in ms or MFLOPs)"))
     runtime.add_device_args(ap)
-    args = ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the flags of a preset (and the random search's 5 epochs) come first: the ones given win over them
+    args = ap.parse_args((["--epochs", "5"] if random else []) + PRESETS.get(ap.parse_args(argv).preset, []) + argv)
     if args.resume:  # every setting comes back from the run in OUT; a flag may only agree with it
         args.out = args.out or default_out(args)
         cli.restore_settings(args, ap.given(argv), args.out)
@@ -486,12 +477,7 @@ def parse_args(argv=None, random=False):
     if random:
         if args.lut or args.cost == "latency":
             raise UsageError("the random search samples by FLOPs; drop --lut and --cost latency")
-        args.epochs = args.epochs or (None if args.preset else 5)
         args.warmup_epochs = 0  # no super network: nothing to warm up
-    for k, v in PRESETS.get(args.preset, {}).items():
-        if getattr(args, k) is None:
-            setattr(args, k, default_out(args) if k == "out" else v)
-    args.space, args.data = args.space or "mbv2", args.data or "fashion-mnist"
     if args.space not in DEFAULTS:
         raise UsageError(f"unknown space '{args.space}' (known: {', '.join(SPACES)})")
     for k, v in DEFAULTS[args.space].items():
@@ -525,8 +511,8 @@ RANGES = {"seed": (0, 2**32 - 1, False), "input_size": (8, 1024, False), "subset
 
 def default_out(args):
     if args.preset:
-        return PRESETS[args.preset]["out"] + ("-random" if args.random else "")
-    return os.path.join("runs", f"{'random' if args.random else 'search'}-{args.space or 'mbv2'}")
+        return os.path.join("runs", args.preset + ("-random" if args.random else ""))
+    return os.path.join("runs", f"{'random' if args.random else 'search'}-{args.space}")
 
 
 def parse_flops(text):

@@ -30,7 +30,6 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import cli
@@ -39,7 +38,7 @@ import runtime
 import search
 from cli import ArgumentParser, UsageError, run_cli, save_json_atomic, save_text_atomic
 from cost import CostModel, arch_cost, flops_table
-from data import load_data, make_loader
+from data import load_data
 from draw import scatter_svg
 from supernet import SPACES, get_space, load_arch
 from viterbi import derive, random_arch_params, save_arch_params
@@ -52,11 +51,8 @@ def run_search(seed, out, log_every):
     folder = os.path.join(out, f"search-seed{seed}")
     summary = os.path.join(folder, "summary.json")
     if os.path.exists(os.path.join(folder, cli.SETTINGS)):  # a run of another recipe must not enter the table
-        have = cli.read_json(os.path.join(folder, cli.SETTINGS), "run settings")
-        for k, v in search.PRESETS[PRESET].items():
-            if k != "out" and have.get(k) != v:
-                raise UsageError(f"{folder} was searched with {k}={have.get(k)!r}, the preset has {v!r}; "
-                                 "move it away or use another --out")
+        want = search.run_config(search.parse_args(["--preset", PRESET, "--seed", str(seed), "--out", folder]))
+        cli.same_config(cli.read_settings(folder), want, folder)
     if not os.path.exists(summary):
         resume = ["--resume"] if cli.has_run(folder) else []
         search.main(["--preset", PRESET, "--seed", str(seed), "--out", folder, "--log-every", str(log_every)] + resume)
@@ -64,7 +60,7 @@ def run_search(seed, out, log_every):
         return folder, json.load(f)
 
 
-def run_random(seed, k, arch, out, log_every):
+def run_random(seed, k, arch, data, out, log_every):
     """Retrain random architecture k of a seed with the walkthrough's recipe; its report.json."""
     folder = os.path.join(out, f"random-seed{seed}-{k}")
     report = os.path.join(folder, "retrain", "report.json")
@@ -74,7 +70,7 @@ def run_random(seed, k, arch, out, log_every):
         save_json_atomic(arch, arch_path)
         resume = ["--resume"] if cli.has_run(os.path.join(folder, "retrain")) else []
         print(f"\n== seed {seed}: retraining random architecture {k + 1} ({arch_path}) ==", flush=True)
-        retrain.main(["--arch", arch_path, "--data", search.PRESETS[PRESET]["data"],
+        retrain.main(["--arch", arch_path, "--data", data,
                       "--out", os.path.join(folder, "retrain"),
                       "--seed", str(seed), "--log-every", str(log_every)] + search.RETRAIN_PRESETS[PRESET] + resume)
     with open(report) as f:
@@ -161,7 +157,7 @@ def table1(args):
             skipped.append({"seed": seed, "reason": str(e)})
             continue
         for k, (rarch, _, _, flops) in enumerate(draws):
-            report = run_random(seed, k, rarch, args.out, args.log_every)
+            report = run_random(seed, k, rarch, cli.read_settings(folder)["data"], args.out, args.log_every)
             rows.append({"kind": "random", "seed": seed, "folder": os.path.join(args.out, f"random-seed{seed}-{k}"),
                          "flops": report["flops"], "params": report["params"], "test_top1": report["top1"],
                          "path": rarch["path"]})
@@ -272,70 +268,63 @@ def random_archs_at_flops(space, table, k, target, generator, tolerance=0.05, ma
                      "choose --target-flops in that range")
 
 
-def random_search_worker(rank, world, device, args):
+def random_search_worker(proc, args):
     """Train each of --random K sampled architectures for --epochs on the search's training split
     (the search's SGD recipe), evaluate it on the validation split, keep the best as OUT/arch.json.
     OUT/random_search.json records every finished sample, so a resumed run skips them."""
-    main_rank, cuda = rank == 0, device.type == "cuda"
-    workers = runtime.workers(args, device)
     data = runtime.main_first(lambda: load_data(args.data, "search", args.seed, args.input_size, args.subset,
                                                 args.classes, split_file=search.split_path(args),
                                                 verify_images=False))  # check_run verified them
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
     draws = random_archs_at_flops(space, flops_table(space), args.random, args.target_flops,
-                           torch.Generator().manual_seed(args.seed))
+                                  torch.Generator().manual_seed(args.seed))
     state_path, log_path = os.path.join(args.out, RANDOM_STATE), os.path.join(args.out, "search_log.jsonl")
     records = []
     if args.resume and os.path.exists(state_path):
         records = load_random_state(state_path)["records"]
-    if main_rank:
+    if proc.main:
         print(f"random search in '{args.space}': {args.random} architectures within 5% of "
-              f"{args.target_flops / 1e6:.2f}M FLOPs, {args.epochs} epochs each; data {data.info}; "
-              f"{world} process(es) on {device}" + (f"; resuming after {len(records)}" if records else ""), flush=True)
+              f"{args.target_flops / 1e6:.2f}M FLOPs, {args.epochs} epochs each; data {data.info}; {proc.world} "
+              f"process(es) on {proc.device}" + (f"; resuming after {len(records)}" if records else ""), flush=True)
         search.keep_log_before(log_path, len(records), key="sample")
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    autocast = runtime.autocast(device, args.amp)
-    val_loader = make_loader(data.val, args.batch_size, False, 0, args.seed, rank, world, workers, cuda,
-                             drop_last=False)
-    steps = len(make_loader(data.train, args.batch_size, True, 0, args.seed, rank, world))
     for k in range(len(records), args.random):
         arch, alphas, p, flops = draws[k]
         t0 = time.time()
-        torch.manual_seed(args.seed * 1000 + k)
-        net = retrain.ArchNet(arch).to(device, memory_format=torch.channels_last)
-        opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-        step, total, trained = 0, args.epochs * steps, runtime.data_parallel(net, device)
-        for epoch in range(args.epochs):
-            loader = make_loader(data.train, args.batch_size, True, epoch, args.seed, rank, world, workers, cuda)
-            later = ((args.random - k - 1) * args.epochs + args.epochs - epoch - 1) * steps
-            bar = runtime.Progress(f"[sample {k + 1}/{args.random} epoch {epoch + 1}/{args.epochs}]", len(loader),
-                                   args.batch_size, later, every=args.log_every, enabled=main_rank)
-            step = retrain.train_epoch(trained, loader, opt, criterion,
-                                       lambda t: runtime.cosine_lr(t, total, args.lr, args.lr_min), step, device,
-                                       autocast, bar)
-        runtime.broadcast_buffers(net)  # rank 0's BN statistics after the last step, as retrain.py does
-        top1, top5 = retrain.evaluate(net, val_loader, device, autocast)
+        top1, top5 = train_sample(proc, args, data, arch, k)
         rec = {"sample": k + 1, "stage": "random", "val_acc": top1, "val_top5": top5, "arch_cost": flops,
                "metric": "flops", "path": arch["path"], "widths": [b["out"] for b in arch["blocks"]],
                "seconds": time.time() - t0, "arch": arch, "alphas": [a.tolist() for a in alphas], "p": p.tolist()}
         records.append(rec)
-        if main_rank:
+        if proc.main:
             best = max(records, key=lambda r: r["val_acc"])
             if best is rec:
                 save_json_atomic(arch, os.path.join(args.out, "arch.json"))
                 save_arch_params(space, alphas, p, os.path.join(args.out, "arch_params.json"))
-            with open(log_path, "a") as f:
-                f.write(json.dumps({key: v for key, v in rec.items() if key not in ("arch", "alphas", "p")}) + "\n")
+            search.append_line(log_path, {key: v for key, v in rec.items() if key not in ("arch", "alphas", "p")})
             save_json_atomic({"config": search.run_config(args), "records": records}, state_path)
             print(f"sample {k + 1}/{args.random} {runtime.fmt_time(rec['seconds'])}: {flops / 1e6:.2f}M FLOPs, widths "
                   f"{rec['widths']}, val acc {top1:.2f}% (best so far {best['val_acc']:.2f}%, sample {best['sample']})",
                   flush=True)
         runtime.barrier()
-    if main_rank:
+    if proc.main:
         best = max(records, key=lambda r: r["val_acc"])
         save_json_atomic(best["arch"], os.path.join(args.out, "arch_best.json"))
         print(f"\nbest of {len(records)}: sample {best['sample']}, val acc {best['val_acc']:.2f}%")
         search.finish(args)
+
+
+def train_sample(proc, args, data, arch, k):
+    """Random sample k trained from scratch for --epochs as retrain.py trains (the search's recipe); its
+    validation top-1 and top-5."""
+    torch.manual_seed(args.seed * 1000 + k)
+    net = retrain.ArchNet(arch).to(proc.device, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    step, trained = 0, runtime.data_parallel(net, proc.device)
+    for epoch in range(args.epochs):
+        step, _ = retrain.train_epoch(proc, net, trained, opt, data.train, args, epoch, step,
+                                      f"[sample {k + 1}/{args.random} epoch {epoch + 1}/{args.epochs}]",
+                                      (args.random - k - 1) * args.epochs + args.epochs - epoch - 1)
+    return retrain.evaluate(proc, net, data.val, args.batch_size)
 
 
 def load_random_state(path):

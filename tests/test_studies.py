@@ -19,8 +19,8 @@ def test_table1_compares_searched_and_random_at_equal_flops(tmp_path, monkeypatc
     """Two seeds, two random networks each: every random network lies within 5% of its seed's searched
     FLOPs, all are retrained with the same recipe, the means and stds are those of the runs, the plot
     has a point per run, and a second invocation reuses every finished run."""
-    monkeypatch.setitem(search.PRESETS, "laptop", dict(space="toy", data="fake", subset=64, epochs=2, warmup_epochs=1,
-                                                       batch_size=32, input_size=16, out=str(tmp_path / "unused")))
+    monkeypatch.setitem(search.PRESETS, "laptop", ["--space", "toy", "--data", "fake", "--subset", "64", "--epochs", "2",
+                                                   "--warmup-epochs", "1", "--batch-size", "32", "--input-size", "16"])
     monkeypatch.setitem(search.RETRAIN_PRESETS, "laptop", ["--epochs", "1", "--batch-size", "32", "--subset", "64"])
     out = tmp_path / "t1"
     studies.main(["table1", "--seeds", "0", "1", "--random", "2", "--out", str(out), "--log-every", "100"])
