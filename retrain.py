@@ -170,7 +170,7 @@ def retrain_config(args):
     return {k: getattr(args, k) for k in ("arch", "data", "subset", "seed", "epochs", "batch_size")}
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = ArgumentParser(__doc__)
     ap.add_argument("--arch", help="arch file (JSON) written by search.py or by hand (needed unless --resume)")
     ap.add_argument("--profile", action="store_true", help="print params and FLOPs of the network and stop")
@@ -203,6 +203,14 @@ def main(argv=None):
     cli.check_ranges(args, RANGES)
     if args.lr_min > args.lr:
         raise UsageError("need --lr-min <= --lr")
+    if args.eval and not args.weights:
+        raise UsageError("--eval needs --weights FILE")
+    return args
+
+
+def main(argv=None):
+    """Everything that can be refused is refused before the run starts (or OUT is written)."""
+    args = parse_args(argv)
     arch = load_arch(args.arch)
     if args.profile:
         print(arch_text(arch))
@@ -210,19 +218,16 @@ def main(argv=None):
         return
     runtime.check_devices(args)
     runtime.check_batch(args)
-    if args.eval and not args.weights:
-        raise UsageError("--eval needs --weights FILE")
     if args.latency_lut:
         arch_cost(arch, load_table(args.latency_lut))  # a table that cannot price the arch is refused now
     data = load_data(args.data, "retrain", args.seed, arch["input_size"], args.subset)
     for key, have in (("in_channels", data.in_channels), ("num_classes", data.num_classes)):
         if arch[key] != have:
             raise UsageError(f"the arch has {key}={arch[key]} but the data has {have}")
-    if not args.eval:
-        runtime.check_batch_fits(args.batch_size, {"training set": len(data.train)})
     if args.eval:
         load_weights(args.weights)
     else:
+        runtime.check_batch_fits(args.batch_size, {"training set": len(data.train)})
         args.out = args.out or os.path.join("runs", "retrain-" + os.path.splitext(os.path.basename(args.arch))[0])
         cli.check_folder(args.out, args.resume)
         ck_path = os.path.join(args.out, cli.CHECKPOINT)

@@ -29,7 +29,7 @@ import runtime
 from cli import ArgumentParser, UsageError, run_cli, save_json_atomic
 from cost import CostModel, arch_cost, check_table, flops_table, load_table
 from data import load_data
-from supernet import SPACES, SuperNet, arch_text, get_space
+from supernet import SPACES, SuperNet, arch_text, get_space, load_arch
 from viterbi import decisiveness, derive_supernet, draw_run, save_arch_params
 
 # The paper's settings (supplement A.1, A.4; arXiv v1 for label smoothing); lambda and tau, which the paper does not
@@ -410,7 +410,44 @@ def finish(a):
 # Command line
 
 def parse_args(argv=None, random=False):
-    """The search's settings; random=True adds the random-search baseline's (studies.py random, Table 1)."""
+    """The search's settings: the flags given, after a preset's (a preset is flags); then, for those not set,
+    the paper's per space (DEFAULTS); then what follows from them (the cost, --eval-from, --out).
+    random=True adds the random-search baseline's (studies.py random, Table 1)."""
+    ap = make_parser(random)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the flags of a preset (and the random search's 5 epochs) come first: the ones given win over them
+    args = ap.parse_args((["--epochs", "5"] if random else []) + PRESETS.get(ap.parse_args(argv).preset, []) + argv)
+    if args.resume:  # every setting comes back from the run in OUT; a flag may only agree with it
+        args.out = args.out or default_out(args)
+        cli.restore_settings(args, ap.given(argv), args.out)
+    if bool(args.random) != random:
+        raise UsageError(f"{args.out} holds a random search: continue it with studies.py random --resume --out "
+                         f"{args.out}" if args.random else f"{args.out} holds a search, not a random search")
+    if random:
+        if args.lut or args.cost == "latency":
+            raise UsageError("the random search samples by FLOPs; drop --lut and --cost latency")
+        args.warmup_epochs = 0  # no super network: nothing to warm up
+    if args.space not in DEFAULTS:
+        raise UsageError(f"unknown space '{args.space}' (known: {', '.join(SPACES)})")
+    for k, v in DEFAULTS[args.space].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.cost is None:  # Sec. 4.1: the MobileNetV2 space is searched on GPU latency, the ResNet space on FLOPs
+        args.cost = "latency" if args.lut or (args.space == "mbv2" and not args.random and runtime.uses_cuda(args)) \
+            else "flops"
+    if args.cost == "flops" and args.lut:
+        raise UsageError("--lut is a latency table; drop it or use --cost latency")
+    cli.check_ranges(args, RANGES)
+    if args.warmup_epochs > args.epochs or args.lr_min > args.lr:
+        raise UsageError("need --warmup-epochs <= --epochs and --lr-min <= --lr")
+    runtime.check_batch(args)
+    if args.eval_from is None:
+        args.eval_from = args.warmup_epochs + 1
+    args.out = args.out or default_out(args)
+    return args
+
+
+def make_parser(random):
     ap = ArgumentParser(__doc__)
     ap.add_argument("--preset", choices=list(PRESETS),
                     help="laptop: search the 'mini' space on Fashion-MNIST, retrain the result and evaluate it on "
@@ -465,37 +502,7 @@ def parse_args(argv=None, random=False):
     h.add_argument("--lam", type=float, help=default_help("lam", "lambda of Eq. 8"))
     h.add_argument("--tau", type=float, help=default_help("tau", "tau of Eq. 8 (cost in ms or MFLOPs)"))
     runtime.add_device_args(ap)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    # the flags of a preset (and the random search's 5 epochs) come first: the ones given win over them
-    args = ap.parse_args((["--epochs", "5"] if random else []) + PRESETS.get(ap.parse_args(argv).preset, []) + argv)
-    if args.resume:  # every setting comes back from the run in OUT; a flag may only agree with it
-        args.out = args.out or default_out(args)
-        cli.restore_settings(args, ap.given(argv), args.out)
-    if bool(args.random) != random:
-        raise UsageError(f"{args.out} holds a random search: continue it with studies.py random --resume --out "
-                         f"{args.out}" if args.random else f"{args.out} holds a search, not a random search")
-    if random:
-        if args.lut or args.cost == "latency":
-            raise UsageError("the random search samples by FLOPs; drop --lut and --cost latency")
-        args.warmup_epochs = 0  # no super network: nothing to warm up
-    if args.space not in DEFAULTS:
-        raise UsageError(f"unknown space '{args.space}' (known: {', '.join(SPACES)})")
-    for k, v in DEFAULTS[args.space].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    if args.cost is None:  # Sec. 4.1: the MobileNetV2 space is searched on GPU latency, the ResNet space on FLOPs
-        args.cost = "latency" if args.lut or (args.space == "mbv2" and not args.random and runtime.uses_cuda(args)) \
-            else "flops"
-    if args.cost == "flops" and args.lut:
-        raise UsageError("--lut is a latency table; drop it or use --cost latency")
-    cli.check_ranges(args, RANGES)
-    if args.warmup_epochs > args.epochs or args.lr_min > args.lr:
-        raise UsageError("need --warmup-epochs <= --epochs and --lr-min <= --lr")
-    runtime.check_batch(args)
-    if args.eval_from is None:
-        args.eval_from = args.warmup_epochs + 1
-    args.out = args.out or default_out(args)
-    return args
+    return ap
 
 
 # what each number may be (low, high, low excluded); checked before any work
@@ -588,16 +595,13 @@ def search_evidence(out, log):
 
 
 def walkthrough_end(args):
-    """--preset: retrain the derived network, evaluate it on the test set, and sum up."""
+    """--preset: retrain the derived network, evaluate it on the test set, and sum up (OUT/summary.json)."""
     arch_path, out = os.path.join(args.out, "arch.json"), os.path.join(args.out, "retrain")
     resume = ["--resume"] if cli.has_run(out) else []
     print(f"\n== retraining the derived network ({' '.join(RETRAIN_PRESETS[args.preset])}) ==", flush=True)
     retrain.main(["--arch", arch_path, "--data", args.data, "--out", out, "--seed", str(args.seed),
                   "--log-every", str(args.log_every)] + RETRAIN_PRESETS[args.preset] + resume)
-    with open(os.path.join(out, "report.json")) as f:
-        report = json.load(f)
-    with open(arch_path) as f:
-        arch = json.load(f)
+    report, arch = cli.read_json(os.path.join(out, "report.json"), "report"), load_arch(arch_path)
     log = read_log(args.out)
     searched = sum(r.get("seconds", 0.0) for r in log)  # from the log: a resumed run counts in full
     summary = {"seconds_search": searched, "seconds_retrain": report["wall_s"], "test_top1": report["top1"],
@@ -605,21 +609,8 @@ def walkthrough_end(args):
     print("\n== summary ==")
     print(f"search: {searched / 60:.1f} min; retrain + test: {report['wall_s'] / 60:.1f} min")
     if not args.random:
-        ev = search_evidence(args.out, log)
-        summary |= ev
-        mm, unit = (1e6, "M FLOPs") if ev["metric"] == "flops" else (1.0, " ms")
-        pct = {k: "not evaluated" if ev[k] is None else f"{ev[k]:.2f}%"
-               for k in ("supernet_val_acc", "untrained_val_acc", "derived_val_acc")}
-        print(f"super network at its decision (argmax alpha, paths weighted by p): {pct['supernet_val_acc']} on the "
-              f"validation split (untrained: {pct['untrained_val_acc']}, chance {100 / arch['num_classes']:.1f}%); the "
-              f"derived network alone on the shared weights: {pct['derived_val_acc']} (blocks off its path no longer "
-              "feed it)")
-        print(f"decisions: p along the path {ev['p_path']:.2f} where a block has a choice, w of the chosen "
-              f"candidates {ev['w_chosen']:.2f} (uniform: 0.33-0.5)")
-        if "changed_since_warmup" in ev:
-            print(f"after warm-up (before any architecture step) the derived network was path {ev['warmup_path']}, "
-                  f"{ev['warmup_arch_cost'] / mm:.2f}{unit}; the search "
-                  + ("changed it" if ev["changed_since_warmup"] else "did NOT change it"))
+        summary |= search_evidence(args.out, log)
+        print_evidence(summary, arch["num_classes"])
     print(f"derived widths {[b['out'] for b in arch['blocks']]} (path {arch['path']}); "
           f"{report['flops'] / 1e6:.2f}M FLOPs, {report['params'] / 1e6:.3f}M params")
     print(f"retrained from scratch, test accuracy ({args.data}, its evaluation set): top-1 {report['top1']:.2f}%")
@@ -630,6 +621,22 @@ def walkthrough_end(args):
         command = command.replace("search.py", "studies.py random") + " --random 15 --epochs 5 --target-flops 361M"
     print(f"the same search on ImageNet with 4 GPUs:  {command}")
 
+
+def print_evidence(ev, num_classes):
+    """search_evidence in words."""
+    mm, unit = (1e6, "M FLOPs") if ev["metric"] == "flops" else (1.0, " ms")
+    pct = {k: "not evaluated" if ev[k] is None else f"{ev[k]:.2f}%"
+           for k in ("supernet_val_acc", "untrained_val_acc", "derived_val_acc")}
+    print(f"super network at its decision (argmax alpha, paths weighted by p): {pct['supernet_val_acc']} on the "
+          f"validation split (untrained: {pct['untrained_val_acc']}, chance {100 / num_classes:.1f}%); the "
+          f"derived network alone on the shared weights: {pct['derived_val_acc']} (blocks off its path no longer "
+          "feed it)")
+    print(f"decisions: p along the path {ev['p_path']:.2f} where a block has a choice, w of the chosen "
+          f"candidates {ev['w_chosen']:.2f} (uniform: 0.33-0.5)")
+    if "changed_since_warmup" in ev:
+        print(f"after warm-up (before any architecture step) the derived network was path {ev['warmup_path']}, "
+              f"{ev['warmup_arch_cost'] / mm:.2f}{unit}; the search "
+              + ("changed it" if ev["changed_since_warmup"] else "did NOT change it"))
 
 if __name__ == "__main__":
     run_cli(main)
