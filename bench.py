@@ -371,8 +371,18 @@ def bench(args):
         print(f"{step:<7} {'ratio':<10} speed-up {speedup:.3f}x (target >= {TARGETS['speed-up']}x: {verdict[ok_t]}; "
               f"ratio of medians {res[f'{step}_ratio']['speedup_of_medians']:.3f}x), "
               f"memory {m_ratio:.3f}x (target <= {TARGETS['memory']}x: {verdict[ok_m]})")
-    # what dropping-path saves (supplement A.3): one step of the whole super network, every candidate of
-    # every layer mixed by softmax(alpha) (Eq. 2), forward and backward, against the sampled weight step
+    res |= dropping_path_saving(b, res["weight_super"]["peak_bytes"])
+    res["sample_ms"] = sample_ms
+    res["targets_met"] = met
+    print(f"sampling (not in the step times): {sample_ms['weight']:.2f} ms per weight step, "
+          f"{sample_ms['arch']:.2f} ms per arch step; all targets {'met' if met else 'NOT met'}")
+    print(json.dumps(res))
+    return res
+
+
+def dropping_path_saving(b, sampled_peak):
+    """What dropping-path saves (supplement A.3): the peak memory of one step of the whole super network, every
+    candidate of every layer mixed by softmax(alpha) (Eq. 2), forward and backward, against the sampled step's."""
     b.freeze("weight")
     b.w_opt.zero_grad(set_to_none=True)
     try:
@@ -380,18 +390,12 @@ def bench(args):
     except torch.OutOfMemoryError:  # at 224 px the whole super network may not fit: that is the point of A.3
         full = float("inf")
     b.w_opt.zero_grad(set_to_none=True)
-    res["full_supernet_peak_bytes"] = full
-    res["dropping_path_memory_saving"] = full / max(res["weight_super"]["peak_bytes"], 1)
-    if full == float("inf"):
-        res["full_supernet_peak_bytes"] = res["dropping_path_memory_saving"] = None
+    saving = full / max(sampled_peak, 1)
     print(f"without dropping-path (every candidate, Eq. 2; forward + backward): peak {full / 2**20:.2f} MiB, "
-          f"{res['dropping_path_memory_saving'] or float('inf'):.2f}x the sampled weight step's (inf: out of memory)")
-    res["sample_ms"] = sample_ms
-    res["targets_met"] = met
-    print(f"sampling (not in the step times): {sample_ms['weight']:.2f} ms per weight step, "
-          f"{sample_ms['arch']:.2f} ms per arch step; all targets {'met' if met else 'NOT met'}")
-    print(json.dumps(res))
-    return res
+          f"{saving:.2f}x the sampled weight step's (inf: out of memory)")
+    if full == float("inf"):
+        return {"full_supernet_peak_bytes": None, "dropping_path_memory_saving": None}
+    return {"full_supernet_peak_bytes": full, "dropping_path_memory_saving": saving}
 
 
 

@@ -218,28 +218,33 @@ def main():
     args = ap.parse_args()
     check_ranges(args, {"batch_size": (1, 4096, False), "repeats": (1, 10**5, False), "warmup": (0, 10**5, False),
                         "threads": (1, 1024, False), "progress": (0, None, True)})
+    return time_arch(args) if args.arch else measure_table(args)
 
-    if args.arch:
-        given = [n for n in ("space", "out", "input_size", "in_channels", "num_classes", "connect")
-                 if getattr(args, n) is not None] + (["force"] if args.force else [])
-        if given:
-            raise UsageError(f"--arch takes its space and shapes from the arch file; drop "
-                             f"{', '.join('--' + n.replace('_', '-') for n in given)}")
-        arch = load_arch(args.arch)
-        table = None
-        if args.lut:
-            table = load_table(args.lut)
-            check_arch_table(table, arch, args.batch_size, args.lut)
-        dev, device_name = get_device(args.device, args.threads)
-        if table is not None and table["meta"].get("device") != device_name:
-            print(f"note: {args.lut} was measured on {table['meta'].get('device')}, this run is on {device_name}")
-        res = compare_arch(arch, dev, device_name, args.batch_size, args.warmup, args.repeats, table, args.progress)
-        print(f"{args.arch}: measured {res['measured_ms']:.3f} ms end to end, the table predicts "
-              f"{res['predicted_ms']:.3f} ms (sum of {len(arch_signatures(arch))} operations), "
-              f"ratio {res['ratio']:.3f}")
-        print(json.dumps(res))
-        return
 
+def time_arch(args):
+    """--arch: the derived network end to end against the table's sum (--lut, or its ops measured now)."""
+    given = [n for n in ("space", "out", "input_size", "in_channels", "num_classes", "connect")
+             if getattr(args, n) is not None] + (["force"] if args.force else [])
+    if given:
+        raise UsageError(f"--arch takes its space and shapes from the arch file; drop "
+                         f"{', '.join('--' + n.replace('_', '-') for n in given)}")
+    arch = load_arch(args.arch)
+    table = None
+    if args.lut:
+        table = load_table(args.lut)
+        check_arch_table(table, arch, args.batch_size, args.lut)
+    dev, device_name = get_device(args.device, args.threads)
+    if table is not None and table["meta"].get("device") != device_name:
+        print(f"note: {args.lut} was measured on {table['meta'].get('device')}, this run is on {device_name}")
+    res = compare_arch(arch, dev, device_name, args.batch_size, args.warmup, args.repeats, table, args.progress)
+    print(f"{args.arch}: measured {res['measured_ms']:.3f} ms end to end, the table predicts "
+          f"{res['predicted_ms']:.3f} ms (sum of {len(arch_signatures(arch))} operations), "
+          f"ratio {res['ratio']:.3f}")
+    print(json.dumps(res))
+
+
+def measure_table(args):
+    """--out: the latency table of a space, measured on --device (resumed from a compatible table there)."""
     if args.lut:
         raise UsageError("--lut goes with --arch; to measure a table, name it with --out")
     if not args.out:

@@ -161,11 +161,23 @@ class Search:
                                    args.estimator, args.label_smoothing)
         self.epoch, self.step, self.best = 0, 0, None
 
-    def batches(self, split, epoch):
-        """This process's batches of an epoch: 'train' for the weights, 'val' for alpha and beta (A.1)."""
+    def batches(self, half, epoch):
+        """This process's batches of an epoch: the training split for the weights, the validation split for
+        alpha and beta (A.1)."""
         a = self.args
-        dataset, seed = (self.data.train, a.seed) if split == "train" else (self.data.val, a.seed + 1)
+        dataset, seed = (self.data.train, a.seed) if half == "weights" else (self.data.val, a.seed + 1)
         return self.proc.loader(dataset, a.batch_size, True, epoch, seed)
+
+    def begin(self, half, epoch):
+        """One half of an epoch ("weights" or "arch") begins: only its parameters train; its batches, the
+        generator of its samples (the same on every rank) and its progress line."""
+        weights = half == "weights"
+        set_trainable(self.net.weight_parameters(), weights)  # the arch step needs no weight gradients
+        set_trainable(self.net.arch_parameters(), not weights)
+        self.net.train()
+        loader = self.batches(half, epoch)
+        g = torch.Generator().manual_seed(self.args.seed * 1000 + epoch + (0 if weights else 500))
+        return loader, g, self.progress(half, len(loader), epoch)
 
     def run_epoch(self, epoch):
         """Stage 1 (epoch < --warmup-epochs): the weights alone; stage 2: alpha and beta, then the weights.
@@ -185,12 +197,7 @@ class Search:
     def weight_epoch(self, epoch):
         """Stage 1, and the weight half of stage 2: an epoch of weight_step on the training split."""
         a, net = self.args, self.net
-        loader = self.batches("train", epoch)
-        g = torch.Generator().manual_seed(a.seed * 1000 + epoch)
-        set_trainable(net.weight_parameters(), True)
-        set_trainable(net.arch_parameters(), False)
-        net.train()
-        bar = self.progress("weights", len(loader), epoch)
+        loader, g, bar = self.begin("weights", epoch)
         for x, y in loader:
             for group in self.w_opt.param_groups:  # cosine over every weight step of the search
                 group["lr"] = runtime.cosine_lr(self.step, a.epochs * len(loader), a.lr, a.lr_min)
@@ -203,13 +210,8 @@ class Search:
 
     def arch_epoch(self, epoch):
         """Stage 2's architecture half: an epoch of arch_step on the validation split."""
-        a, net = self.args, self.net
-        loader = self.batches("val", epoch)
-        g = torch.Generator().manual_seed(a.seed * 1000 + epoch + 500)
-        set_trainable(net.weight_parameters(), False)  # no weight gradients are needed for this step
-        set_trainable(net.arch_parameters(), True)
-        net.train()
-        bar = self.progress("arch", len(loader), epoch)
+        net = self.net
+        loader, g, bar = self.begin("arch", epoch)
         for x, y in loader:
             logits, loss, cost = arch_step(net, self.a_opt, self.objective, x, y, sample_candidates(net, 2, g),
                                            self.proc.autocast())
@@ -226,7 +228,7 @@ class Search:
     def progress(self, half, steps, epoch):
         """The progress line of one half of an epoch; its ETA counts the steps of the epochs after it."""
         a = self.args
-        train, val = len(self.batches("train", 0)), len(self.batches("val", 0))
+        train, val = len(self.batches("weights", 0)), len(self.batches("arch", 0))
         later = sum(train + (val if e >= a.warmup_epochs else 0) for e in range(epoch + 1, a.epochs))
         return runtime.Progress(f"[epoch {epoch + 1}/{a.epochs} {half}]", steps, a.batch_size, later,
                                 every=a.log_every, enabled=self.proc.main)

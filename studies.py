@@ -161,13 +161,19 @@ def table1(args):
             rows.append({"kind": "random", "seed": seed, "folder": os.path.join(args.out, f"random-seed{seed}-{k}"),
                          "flops": report["flops"], "params": report["params"], "test_top1": report["top1"],
                          "path": rarch["path"]})
+    report_table1(args, rows, skipped, time.time() - t0)
+
+
+def report_table1(args, rows, skipped, seconds):
+    """table1.json (mean +- std of test top-1 over the searched and over the random networks, every run), table1.svg
+    (test accuracy against FLOPs), and the table."""
     result = {"preset": PRESET, "seeds": args.seeds, "random_per_seed": args.random, "runs": rows,
               "seeds_without_random": skipped}
     for kind in ("searched", "random"):
         accs = [r["test_top1"] for r in rows if r["kind"] == kind]
         m, s = mean_std(accs)
         result[kind] = {"count": len(accs), "mean": m, "std": s}
-    result["wall_s_this_invocation"] = time.time() - t0
+    result["wall_s_this_invocation"] = seconds
     save_json_atomic(result, os.path.join(args.out, "table1.json"))
     series = {kind: (colour, [(r["flops"] / 1e6, r["test_top1"]) for r in rows if r["kind"] == kind])
               for kind, colour in (("random", "#9e9e9e"), ("searched", "#d62728"))}
