@@ -269,13 +269,13 @@ def begin_run(args):
         save_json_atomic(vars(args), os.path.join(args.out, SETTINGS))
 
 
-def same_config(have, want, path):
-    """Refuse a checkpoint whose settings differ from the run's (it belongs to another run); a setting that an
-    older checkpoint does not record is not compared (the run's args.json holds it)."""
+def same_config(have, want, path, hint=""):
+    """Refuse the settings `have` recorded in path (a checkpoint's, a run's args.json) where they differ from the
+    run's (`want`): the file belongs to another run. A setting an older file does not record is not compared."""
     diff = [k for k in want if k in have and want[k] != have[k]]
     if diff:
         k = diff[0]
-        raise UsageError(f"{path} was made with {k}={have.get(k)!r}, this run has {want[k]!r}")
+        raise UsageError(f"{path} was made with {k}={have.get(k)!r}, this run has {want[k]!r}{hint}")
 
 
 def load_states(ck, parts, what):
@@ -287,7 +287,7 @@ def load_states(ck, parts, what):
         raise UsageError(f"checkpoint does not match this {what} ({str(e).splitlines()[0]})") from None
 
 
-def resuming(out, done, total, unit="epoch"):
+def resume_line(out, done, total, unit="epoch"):
     """The line a resumed run prints: where it goes on, or that it has nothing left to do."""
     if done >= total:
         return f"nothing to resume: {out} finished all {total} {unit}s"

@@ -361,13 +361,13 @@ class Loader:
         return len(self.slices)
 
     def __iter__(self):
-        for x, y in self.batches():
+        for x, y in self._host_batches():
             if self.device is not None:  # channels-last: oneDNN's and cuDNN's convolutions are faster in it
                 x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 y = y.to(self.device, non_blocking=True)
             yield x, y
 
-    def batches(self):
+    def _host_batches(self):
         n = len(self.dataset)
         g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)

@@ -55,7 +55,7 @@ def evaluate(proc, net, dataset, batch_size):
     net.eval()
     top1 = top5 = total = 0
     with torch.no_grad():
-        for x, y in proc.loader(dataset, batch_size, False, 0, 0, drop_last=False):
+        for x, y in proc.loader(dataset, batch_size, False, 0, 0, drop_last=False):  # in order: no seed at play
             with proc.autocast():
                 logits = net(x).float()
             k = min(5, logits.shape[1])
@@ -118,7 +118,7 @@ def retrain_worker(proc, args):
         cli.load_states(ck, {"model": net, "opt": opt}, "network")
         start, step, history = ck["epoch"], ck["step"], ck["history"]
         if proc.main:
-            print(cli.resuming(args.out, start, args.epochs), flush=True)
+            print(cli.resume_line(args.out, start, args.epochs), flush=True)
     trained = runtime.data_parallel(net, proc.device)  # after a resume's load: every rank starts from rank 0's state
     if proc.main:
         print(arch_text(arch))
@@ -203,8 +203,6 @@ def parse_args(argv=None):
     cli.check_ranges(args, RANGES)
     if args.lr_min > args.lr:
         raise UsageError("need --lr-min <= --lr")
-    if args.eval and not args.weights:
-        raise UsageError("--eval needs --weights FILE")
     return args
 
 
@@ -218,6 +216,8 @@ def main(argv=None):
         return
     runtime.check_devices(args)
     runtime.check_batch(args)
+    if args.eval and not args.weights:
+        raise UsageError("--eval needs --weights FILE")
     if args.latency_lut:
         arch_cost(arch, load_table(args.latency_lut))  # a table that cannot price the arch is refused now
     data = load_data(args.data, "retrain", args.seed, arch["input_size"], args.subset)

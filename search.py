@@ -159,7 +159,8 @@ class Search:
                                       weight_decay=args.arch_weight_decay)
         self.objective = Objective(CostModel(space, table), args.lam, args.tau, UNITS.get(table["metric"], 1.0),
                                    args.estimator, args.label_smoothing)
-        self.epoch, self.step, self.best = 0, 0, None
+        self.epoch, self.weight_steps, self.best = 0, 0, None
+        self.synced_steps = 0  # --check-sync: steps after which every rank was found identical
 
     def batches(self, half, epoch):
         """This process's batches of an epoch: the training split for the weights, the validation split for
@@ -200,11 +201,11 @@ class Search:
         loader, g, bar = self.begin("weights", epoch)
         for x, y in loader:
             for group in self.w_opt.param_groups:  # cosine over every weight step of the search
-                group["lr"] = runtime.cosine_lr(self.step, a.epochs * len(loader), a.lr, a.lr_min)
+                group["lr"] = runtime.cosine_lr(self.weight_steps, a.epochs * len(loader), a.lr, a.lr_min)
             logits, loss = weight_step(net, self.w_opt, self.objective.criterion, x, y, sample_candidates(net, 1, g),
                                        self.proc.autocast())
             self.after_step(loss, f"epoch {epoch + 1}, weight step {bar.step + 1}")
-            self.step += 1
+            self.weight_steps += 1
             bar.update(loss=loss.item(), acc=accuracy(logits, y))
         return {"train_" + k: v for k, v in bar.means().items()} | {"train_img_s": bar.images_per_s() * self.proc.world}
 
@@ -224,6 +225,7 @@ class Search:
         runtime.broadcast_buffers(self.net)
         if self.args.check_sync:
             runtime.check_in_sync(self.net)
+            self.synced_steps += 1
 
     def progress(self, half, steps, epoch):
         """The progress line of one half of an epoch; its ETA counts the steps of the epochs after it."""
@@ -262,13 +264,13 @@ class Search:
         return {"val_acc": 100.0 * correct[0] / max(total, 1), "derived_val_acc": 100.0 * correct[1] / max(total, 1)}
 
     def state(self):
-        return {"config": run_config(self.args), "epoch": self.epoch, "global_step": self.step, "best": self.best,
+        return {"config": run_config(self.args), "epoch": self.epoch, "global_step": self.weight_steps, "best": self.best,
                 "model": self.net.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
                 "rng": torch.get_rng_state()}
 
     def load(self, ck):
         cli.load_states(ck, {"model": self.net, "w_opt": self.w_opt, "a_opt": self.a_opt}, "super network")
-        self.epoch, self.step, self.best = ck["epoch"], ck["global_step"], ck["best"]
+        self.epoch, self.weight_steps, self.best = ck["epoch"], ck["global_step"], ck["best"]
 
 
 def accuracy(logits, y):
@@ -288,7 +290,7 @@ def search_worker(proc, args):
     if args.resume and os.path.exists(ck_path):
         s.load(cli.load_checkpoint(ck_path))
         if proc.main:
-            print(cli.resuming(args.out, s.epoch, args.epochs), flush=True)
+            print(cli.resume_line(args.out, s.epoch, args.epochs), flush=True)
     if proc.main:
         print(f"search space '{args.space}': {len(space.blocks)} blocks, {len(space.edges)} connections, "
               f"{len(s.net.layers)} mixed layers; data {data.info}; {proc.world} process(es) on {proc.device}; "
@@ -300,8 +302,7 @@ def search_worker(proc, args):
             print(f"untrained super network: val acc {acc['val_acc']:.2f}%, derived network alone "
                   f"{acc['derived_val_acc']:.2f}% (chance {100 / space.num_classes:.1f}%)", flush=True)
             append_line(log_path, {"epoch": 0, "stage": "init", **acc})
-    first = s.epoch
-    for epoch in range(first, args.epochs):
+    for epoch in range(s.epoch, args.epochs):
         t0 = time.time()
         torch.manual_seed(args.seed * 1000 + epoch)  # everything random in this epoch follows from here
         rec = s.run_epoch(epoch)
@@ -311,7 +312,7 @@ def search_worker(proc, args):
         runtime.barrier()
     if args.check_sync and proc.main:
         print(f"check-sync: all {proc.world} ranks held identical weights, alpha and beta after each of "
-              f"the steps of epochs {first + 1}-{args.epochs}", flush=True)
+              f"{s.synced_steps} steps", flush=True)
     if proc.main:
         finish(args)
 
@@ -639,6 +640,7 @@ def print_evidence(ev, num_classes):
         print(f"after warm-up (before any architecture step) the derived network was path {ev['warmup_path']}, "
               f"{ev['warmup_arch_cost'] / mm:.2f}{unit}; the search "
               + ("changed it" if ev["changed_since_warmup"] else "did NOT change it"))
+
 
 if __name__ == "__main__":
     run_cli(main)

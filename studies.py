@@ -52,7 +52,7 @@ def run_search(seed, out, log_every):
     summary = os.path.join(folder, "summary.json")
     if os.path.exists(os.path.join(folder, cli.SETTINGS)):  # a run of another recipe must not enter the table
         want = search.run_config(search.parse_args(["--preset", PRESET, "--seed", str(seed), "--out", folder]))
-        cli.same_config(cli.read_settings(folder), want, folder)
+        cli.same_config(cli.read_settings(folder), want, folder, "; move it away or use another --out")
     if not os.path.exists(summary):
         resume = ["--resume"] if cli.has_run(folder) else []
         search.main(["--preset", PRESET, "--seed", str(seed), "--out", folder, "--log-every", str(log_every)] + resume)
@@ -140,6 +140,7 @@ def table1(args):
         raise UsageError(f"--out {args.out} is a file, not a folder")
     cli.claim_folder(args.out)  # the study resumes in its folder, one live run at a time
     t0 = time.time()
+    data = search.parse_args(["--preset", PRESET, "--out", args.out]).data  # the random networks retrain on it
     rows, skipped = [], []
     for seed in args.seeds:
         folder, summary = run_search(seed, args.out, args.log_every)
@@ -157,7 +158,7 @@ def table1(args):
             skipped.append({"seed": seed, "reason": str(e)})
             continue
         for k, (rarch, _, _, flops) in enumerate(draws):
-            report = run_random(seed, k, rarch, cli.read_settings(folder)["data"], args.out, args.log_every)
+            report = run_random(seed, k, rarch, data, args.out, args.log_every)
             rows.append({"kind": "random", "seed": seed, "folder": os.path.join(args.out, f"random-seed{seed}-{k}"),
                          "flops": report["flops"], "params": report["params"], "test_top1": report["top1"],
                          "path": rarch["path"]})

@@ -114,7 +114,7 @@ def test_zero_lambda_recovers_the_network_that_made_the_labels():
 
 
 def test_derived_network_on_shared_weights_is_the_derived_network():
-    """search.evaluate reads the derived network from the super network: net(x, argmax samples,
+    """search.Search.evaluate reads the derived network from the super network: net(x, argmax samples,
     Viterbi path) computes exactly what retrain.ArchNet computes for the derived arch file, once
     ArchNet holds the weights of the chosen candidates (BN on batch statistics in both)."""
     space = get_space("toy", 16, 3, 10)
