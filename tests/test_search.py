@@ -220,3 +220,36 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys):
     assert not fresh.exists()
 
 
+
+
+def test_settings_are_the_flags_after_a_presets_then_the_spaces_defaults(tmp_path):
+    """A preset is flags written before the given ones (which win); what no flag sets is the paper's for the space
+    (search.DEFAULTS); the random baseline's epochs default to 5 unless a preset or a flag says otherwise; --resume
+    restores every setting of the run, a preset named again does not override them, a contradicting flag is
+    refused."""
+    laptop = search.parse_args(["--preset", "laptop"])
+    assert (laptop.space, laptop.data, laptop.subset, laptop.epochs, laptop.warmup_epochs, laptop.batch_size) == \
+        ("mini", "fashion-mnist", 9600, 11, 5, 64)
+    assert (laptop.lr, laptop.arch_lr, laptop.lam, laptop.eval_from) == (0.1, 1e-2, 0.03, 6)
+    assert (laptop.momentum, laptop.tau, laptop.lr_min) == (0.9, 15.0, 1e-4)  # the space's defaults
+    assert laptop.out == os.path.join("runs", "laptop")
+    short = search.parse_args(["--preset", "laptop", "--epochs", "3", "--warmup-epochs", "1", "--lam", "0.2"])
+    assert (short.epochs, short.warmup_epochs, short.lam, short.eval_from, short.lr) == (3, 1, 0.2, 2, 0.1)
+    resnet = search.parse_args(["--space", "resnet"])
+    assert (resnet.epochs, resnet.warmup_epochs, resnet.lam, resnet.tau, resnet.batch_size) == \
+        tuple(search.DEFAULTS["resnet"][k] for k in ("epochs", "warmup_epochs", "lam", "tau", "batch_size"))
+    rnd = ["--random", "2", "--target-flops", "1M"]
+    assert [(a.epochs, a.warmup_epochs, a.out) for a in (
+        search.parse_args(rnd, random=True), search.parse_args(rnd + ["--preset", "laptop"], random=True),
+        search.parse_args(rnd + ["--preset", "laptop", "--epochs", "2"], random=True))] == [
+        (5, 0, os.path.join("runs", "random-mbv2")), (11, 0, os.path.join("runs", "laptop-random")),
+        (2, 0, os.path.join("runs", "laptop-random"))]
+    out = str(tmp_path / "run")
+    os.makedirs(out)
+    save_json_atomic(vars(short), os.path.join(out, "args.json"))
+    for again in ([], ["--preset", "laptop"], ["--epochs", "3"]):
+        back = search.parse_args(["--resume", "--out", out] + again)
+        plain = json.loads(json.dumps(vars(short) | {"out": out}))  # as args.json holds them
+        assert json.loads(json.dumps(vars(back))) == plain | {"resume": True}
+    with pytest.raises(search.UsageError, match="--epochs 3"):
+        search.parse_args(["--resume", "--out", out, "--epochs", "4"])
