@@ -8,7 +8,6 @@ layers at batch 1, the paper's convention); latency tables (latency.py) use the 
     python cost.py --space mbv2 [--input-size N] [--table OUT.json]   build and summarise a FLOPs table
 (The chained-vs-local experiment of Fig. 6 and Table 7 is `python studies.py estimation`.)
 """
-import json
 import math
 from collections import defaultdict
 from functools import lru_cache

@@ -54,7 +54,6 @@ RETRAIN_PRESETS = {"laptop": ["--epochs", "5", "--batch-size", "128", "--lr", "0
 IMAGENET_COMMAND = "python search.py --space mbv2 --data /path/to/imagenet --gpus 4"
 # cost units of log_tau(cost) in Eq. 8: latency in ms (tau = 15), FLOPs in millions (tau = 3500)
 UNITS = {"flops": 1e6, "latency_ms": 1.0}
-CHECKPOINT = cli.CHECKPOINT
 LATENCY_TABLE = "latency_table.json"  # measured by the run when --cost latency has no --lut
 
 
@@ -286,7 +285,7 @@ def search_worker(proc, args):
                                                 verify_images=False))  # check_run verified them
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
     s = Search(proc, args, data, space, resolve_table(args, space, proc.device, say=proc.main))
-    ck_path, log_path = os.path.join(args.out, CHECKPOINT), os.path.join(args.out, "search_log.jsonl")
+    ck_path, log_path = os.path.join(args.out, cli.CHECKPOINT), os.path.join(args.out, "search_log.jsonl")
     if args.resume and os.path.exists(ck_path):
         s.load(cli.load_checkpoint(ck_path))
         if proc.main:
@@ -549,7 +548,7 @@ def check_run(args):
     if args.cost == "flops" and args.space == "mbv2" and not args.random:
         print("cost: FLOPs, as no latency table is given (the paper searches this space on GPU latency, Sec. 4.1; "
               "on CUDA this search measures one, or pass --lut FILE or --cost latency)", flush=True)
-    ck_path = os.path.join(args.out, CHECKPOINT)
+    ck_path = os.path.join(args.out, cli.CHECKPOINT)
     if args.resume and os.path.exists(ck_path) and not args.random:
         ck = cli.load_checkpoint(ck_path)
         if not isinstance(ck, dict) or "config" not in ck:

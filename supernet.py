@@ -9,8 +9,6 @@ gives it; `mini` for the laptop walkthrough, `toy` for tests).
 """
 import json
 import math
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -429,7 +427,7 @@ SPACES = {s.name: s for s in (MBV2, RESNET, MINI, TOY)}
 
 
 # what a space can be built for: beyond these a super network would need hundreds of GB (input size, classes)
-# or is no network at all; arch files are held to the same limits and a width limit (viterbi.check_arch)
+# or is no network at all; arch files are held to the same limits and a width limit (check_arch below)
 LIMITS = {"connect": (1, 64), "input_size": (8, 1024), "in_channels": (1, 64), "num_classes": (2, 100_000),
           "width": (1, 16_384)}
 

@@ -6,7 +6,6 @@ import pytest
 
 import retrain
 import supernet
-import viterbi
 
 # a valid toy arch file; every bad case below differs from it in one respect
 VALID = {"space": "toy", "input_size": 32, "in_channels": 3, "num_classes": 10,

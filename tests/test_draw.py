@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 import torch
 
 from draw import arch_svg, supernet_svg
-from supernet import arch_ops, get_space, load_arch
+from supernet import arch_ops, get_space
 from viterbi import derive, draw_run, random_arch_params, save_arch_params
 
 

@@ -10,7 +10,6 @@ import itertools
 import torch
 import torch.nn as nn
 
-import search
 import studies
 from cost import CostModel, arch_cost, flops_table
 from retrain import ArchNet
