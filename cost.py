@@ -5,9 +5,10 @@ to a cost, so identical operations share one entry. FLOPs tables are computed he
 counter below, the one source of truth for FLOPs (multiply-accumulates of conv and linear
 layers at batch 1, the paper's convention); latency tables (latency.py) use the same format.
 
-    python cost.py --space mbv2 [--input-size N] [--table OUT.json]   build and summarise a FLOPs table
-(The chained-vs-local experiment of Fig. 6 and Table 7 is `python studies.py estimation`.)
+    python cost.py --space mbv2 [--input-size N] [--json]   build and summarise (or print) a FLOPs table
+(The chained-vs-local experiment of Fig. 6 and Table 7 is `python -m studies estimation`.)
 """
+import json
 import math
 from collections import defaultdict
 from functools import lru_cache
@@ -16,8 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import ArgumentParser, UsageError, output_file, read_json, run_cli, save_json_atomic
-from supernet import SPACES, arch_signatures, get_space, make_op, path_probs
+from supernet import SPACES, InvalidInput, Parser, arch_signatures, get_space, make_op, path_probs, run
 
 
 # ----------------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ def parse_signature(sig):
         op, *nums = sig.split("/")
         c_in, c_out, stride, res = (int(v) for v in nums)
     except ValueError:
-        raise UsageError(f"malformed operation signature '{sig}'") from None
+        raise InvalidInput(f"malformed operation signature '{sig}'") from None
     return op, c_in, c_out, stride, res
 
 
@@ -89,18 +89,16 @@ def flops_table(space):
             "costs": {s: op_flops(s) for s in space_signatures(space)}}
 
 
-def load_table(path):
-    """A cost table from a file: JSON with 'metric', 'meta' and 'costs', every cost a finite number > 0 (0 for a
-    skip): a negative, zero or NaN latency would turn the cost term of Eq. 8 into a reward, -inf or a NaN."""
-    t = read_json(path, "cost table")
+def check_costs(t, path):
+    """Refuse what is not a cost table: JSON with 'metric', 'meta' and 'costs', every cost a finite number > 0
+    (0 for a skip): a negative, zero or NaN latency would turn the cost term of Eq. 8 into a reward, -inf or a NaN."""
     if not (isinstance(t, dict) and isinstance(t.get("costs"), dict) and isinstance(t.get("meta"), dict)
             and isinstance(t.get("metric"), str)):
-        raise UsageError(f"{path} is not a cost table (JSON with 'metric', 'meta' and 'costs')")
+        raise InvalidInput(f"{path} is not a cost table (JSON with 'metric', 'meta' and 'costs')")
     for sig, c in t["costs"].items():  # only a skip (the identity) may cost nothing
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0 \
                 or (c == 0 and not sig.startswith("skip/")):
-            raise UsageError(f"cost table {path}: the cost of {sig} is {c!r}, not a finite number > 0")
-    return t
+            raise InvalidInput(f"cost table {path}: the cost of {sig} is {c!r}, not a finite number > 0")
 
 
 def fit_data_ops(table, space):
@@ -128,11 +126,11 @@ def check_table(table, space, name="cost table"):
     meta, want = table["meta"], table_meta(space)
     for key in ("space", "input_size", "connect"):
         if meta.get(key) != want[key]:
-            raise UsageError(f"{name} was built for {key}={meta.get(key)}, but the search uses {want[key]}")
+            raise InvalidInput(f"{name} was built for {key}={meta.get(key)}, but the search uses {want[key]}")
     priced = fit_data_ops(table, space)
     missing = [s for s in space_signatures(space) if s not in table["costs"]]
     if missing:
-        raise UsageError(f"{name} lacks {len(missing)} operation(s) this space needs, e.g. {missing[0]}")
+        raise InvalidInput(f"{name} lacks {len(missing)} operation(s) this space needs, e.g. {missing[0]}")
     return priced
 
 
@@ -253,7 +251,7 @@ def arch_cost(arch, table):
     for s in arch_signatures(arch):
         if s not in costs:
             if table["metric"] != "flops":
-                raise UsageError(f"cost table lacks operation {s} of this architecture")
+                raise InvalidInput(f"cost table lacks operation {s} of this architecture")
             costs[s] = op_flops(s)
         total += costs[s]
     return total
@@ -262,19 +260,18 @@ def arch_cost(arch, table):
 # ----------------------------------------------------------------------------------------
 
 def main():
-    ap = ArgumentParser(__doc__)
+    ap = Parser(__doc__)
     ap.add_argument("--space", default="mbv2", help=f"search space ({', '.join(SPACES)}; default mbv2)")
     ap.add_argument("--input-size", type=int, default=224, help="input image size (default 224)")
     ap.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000)")
     ap.add_argument("--connect", type=int, default=None, help="connection number M (default: the space's)")
-    ap.add_argument("--table", help="write the FLOPs table to this JSON file")
+    ap.add_argument("--json", action="store_true", help="print the FLOPs table as JSON instead of its summary")
     args = ap.parse_args()
-    if args.table:
-        output_file(args.table, "--table")
     space = get_space(args.space, args.input_size, 3, args.num_classes, args.connect)
     table = flops_table(space)
-    if args.table:
-        save_json_atomic(table, args.table)
+    if args.json:
+        print(json.dumps(table, indent=1))
+        return
     costs = table["costs"]
     print(f"FLOPs table of '{space.name}' at {space.input_size}px: {len(costs)} distinct operations")
     model = CostModel(space, table)
@@ -284,9 +281,7 @@ def main():
           f"local estimate {model(alphas, p, 'local') / 1e6:.1f}M FLOPs")
     top = sorted(costs.items(), key=lambda kv: -kv[1])[:5]
     print("most expensive operations: " + ", ".join(f"{s} {c / 1e6:.1f}M" for s, c in top))
-    if args.table:
-        print(f"wrote {args.table}")
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run(main)

@@ -28,15 +28,17 @@ import time
 
 import torch
 
-import runtime
-from cli import ArgumentParser, UsageError, check_ranges, output_file, run_cli, save_json_atomic
-from cost import arch_cost, load_table, parse_signature, space_signatures, table_meta
+from cost import arch_cost, parse_signature, space_signatures, table_meta
+from machinery import runtime
+from machinery.cli import (ArgumentParser, UsageError, integer, load_arch, load_table, number, output_file, run_cli,
+                           save_json_atomic)
 from retrain import ArchNet
-from supernet import SPACES, arch_signatures, get_space, init_weights, load_arch, make_op
+from supernet import SPACES, arch_signatures, get_space, init_weights, make_op
 
 # the meta fields a resumed table must share with the run that continues it
 SAME = ("space", "input_size", "in_channels", "num_classes", "connect", "batch_size", "device", "threads")
 SAVE_EVERY = 20  # operations between saves of a table being measured
+RUN_TABLE = "latency_table.json"  # what a search with --cost latency and no --lut measures into its folder
 
 
 # ----------------------------------------------------------------------------------------
@@ -164,6 +166,16 @@ def build_table(space, dev, device_name, out, batch_size=32, warmup=10, repeats=
     return {"metric": "latency_ms", "meta": meta, "costs": costs}
 
 
+def run_table(space, device, path, every=5.0):
+    """The latency table of a search run with --cost latency and no --lut (the default for mbv2 on CUDA, Sec. 4.1),
+    measured on the run's own device as supplement A.1 does (batch 32): rank 0 measures it into `path` (OUT/
+    latency_table.json) while the other ranks wait at a barrier; a resumed run finds it complete and measures
+    nothing."""
+    if runtime.rank() == 0:
+        build_table(space, *get_device(str(device)), path, every=every)
+    runtime.barrier()
+
+
 # ----------------------------------------------------------------------------------------
 # A whole derived network against the table's prediction
 
@@ -202,22 +214,20 @@ def main():
     ap.add_argument("--space", default=None, help=f"search space ({', '.join(SPACES)}; default mbv2)")
     ap.add_argument("--out", help="the table to write (JSON); an existing compatible one is resumed")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:k] (default cpu)")
-    ap.add_argument("--batch-size", type=int, default=32, help="batch size (default 32, supplement A.1)")
+    ap.add_argument("--batch-size", type=integer(1, 4096), default=32, help="batch size (default 32, supplement A.1)")
     ap.add_argument("--input-size", type=int, default=None, help="input image size (default 224)")
     ap.add_argument("--in-channels", type=int, default=None, help="input channels (default 3)")
     ap.add_argument("--num-classes", type=int, default=None, help="classes (default 1000)")
     ap.add_argument("--connect", type=int, default=None, help="connection number M (default: the space's)")
-    ap.add_argument("--warmup", type=int, default=10, help="untimed runs before timing (default 10)")
-    ap.add_argument("--repeats", type=int, default=50,
+    ap.add_argument("--warmup", type=integer(0, 10**5), default=10, help="untimed runs before timing (default 10)")
+    ap.add_argument("--repeats", type=integer(1, 10**5), default=50,
                     help="timed runs per operation, median kept (default 50; the arXiv text averages 2000)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    ap.add_argument("--threads", type=integer(1, 1024), default=None, help="torch CPU threads (default: torch's own)")
     ap.add_argument("--force", action="store_true", help="overwrite an --out table measured with other settings")
     ap.add_argument("--arch", help="time this derived network end to end and compare it with the table's sum")
     ap.add_argument("--lut", help="with --arch: the table that predicts it (default: measure its ops now)")
-    ap.add_argument("--progress", type=float, default=5.0, help="seconds between progress lines (default 5)")
+    ap.add_argument("--progress", type=number(0, low_open=True), default=5.0, help="seconds between progress lines (default 5)")
     args = ap.parse_args()
-    check_ranges(args, {"batch_size": (1, 4096, False), "repeats": (1, 10**5, False), "warmup": (0, 10**5, False),
-                        "threads": (1, 1024, False), "progress": (0, None, True)})
     return time_arch(args) if args.arch else measure_table(args)
 
 

@@ -16,12 +16,12 @@ import time
 import torch
 import torch.nn as nn
 
-import cli
-import runtime
-from cli import ArgumentParser, UsageError, run_cli, save_json_atomic
-from cost import arch_cost, count_flops, load_table
-from data import load_data
-from supernet import SPACES, arch_ops, arch_text, count_params, init_weights, load_arch, make_op
+from cost import arch_cost, count_flops
+from machinery import cli, runtime
+from machinery.cli import (SEED, ArgumentParser, UsageError, integer, load_arch, load_table, number, run_cli,
+                           save_json_atomic)
+from machinery.data import load_data
+from supernet import SPACES, arch_ops, arch_text, count_params, init_weights, make_op
 
 
 class ArchNet(nn.Module):
@@ -67,35 +67,49 @@ def evaluate(proc, net, dataset, batch_size):
     return 100.0 * top1 / max(total, 1), 100.0 * top5 / max(total, 1)
 
 
-def sgd_steps(net, batches, opt, criterion, lr_at, step, autocast, bar):
-    """SGD on a stand-alone network over `batches` (learning rate lr_at(step) per step); returns the step count."""
+def sgd_steps(net, batches, opt, criterion, schedule, autocast, bar):
+    """SGD on a stand-alone network over `batches`, the learning-rate `schedule` (None: constant) stepped after
+    every step."""
     net.train()
     for x, y in batches:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
         with autocast:
             logits = net(x)
         loss = criterion(logits.float(), y)
-        cli.stop_unless_finite(loss.item(), f"step {step + 1}")
+        cli.stop_unless_finite(loss.item(), f"step {bar.step + 1} of {bar.name}")
         opt.zero_grad(set_to_none=True)
         loss.backward()  # under DDP (runtime.data_parallel) the gradients are averaged over the ranks here
         opt.step()
-        step += 1
+        if schedule is not None:
+            schedule.step()
         bar.update(loss=loss.item(), acc=(logits.argmax(1) == y).float().mean().item() * 100)
-    return step
 
 
-def train_epoch(proc, net, trained, opt, dataset, args, epoch, step, name, epochs_after):
-    """One epoch of the recipe in args (batch, cosine learning rate over args.epochs, label smoothing) on this
-    process's batches; `trained` is net, or net under DDP. Returns the step count and the epoch's Progress."""
-    loader = proc.loader(dataset, args.batch_size, True, epoch, args.seed)
-    bar = runtime.Progress(name, len(loader), args.batch_size, epochs_after * len(loader), every=args.log_every,
-                           enabled=proc.main)
-    total = args.epochs * len(loader)
-    step = sgd_steps(trained, loader, opt, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
-                     lambda k: runtime.cosine_lr(k, total, args.lr, args.lr_min), step, proc.autocast(), bar)
-    runtime.broadcast_buffers(net)  # DDP sends rank 0's BN statistics before each forward; after the last, now
-    return step, bar
+class Recipe:
+    """How a stand-alone network trains (args: batch, epochs, lr, lr_min, momentum, weight decay, label smoothing,
+    seed): SGD with a cosine learning rate per step over all epochs (supplement A.1)."""
+
+    def __init__(self, proc, net, dataset, args):
+        self.proc, self.net, self.dataset, self.args = proc, net, dataset, args
+        self.opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum,
+                                   weight_decay=args.weight_decay)
+        steps = args.epochs * len(self.batches(0))
+        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, steps, args.lr_min)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+    def batches(self, epoch):
+        return self.proc.loader(self.dataset, self.args.batch_size, True, epoch, self.args.seed)
+
+    def train_epoch(self, trained, epoch, name, epochs_after):
+        """One epoch on this process's batches; `trained` is the net, or the net under DDP. Returns its Progress."""
+        loader = self.batches(epoch)
+        bar = runtime.Progress(name, len(loader), self.args.batch_size, epochs_after * len(loader),
+                               every=self.args.log_every, enabled=self.proc.main)
+        sgd_steps(trained, loader, self.opt, self.criterion, self.schedule, self.proc.autocast(), bar)
+        runtime.broadcast_buffers(self.net)  # DDP sends rank 0's BN statistics before each forward; after the last, now
+        return bar
+
+    def state(self):
+        return {"opt": self.opt.state_dict(), "schedule": self.schedule.state_dict()}
 
 
 def retrain_worker(proc, args):
@@ -110,13 +124,13 @@ def retrain_worker(proc, args):
         if proc.main:
             print(json.dumps({"top1": top1, "top5": top5}))
         return
-    opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    recipe = Recipe(proc, net, data.train, args)
     ck_path = os.path.join(args.out, cli.CHECKPOINT)
-    start, step, history = 0, 0, []
+    start, history = 0, []
     if args.resume and os.path.exists(ck_path):
         ck = cli.load_checkpoint(ck_path)
-        cli.load_states(ck, {"model": net, "opt": opt}, "network")
-        start, step, history = ck["epoch"], ck["step"], ck["history"]
+        cli.load_states(ck, {"model": net, "opt": recipe.opt, "schedule": recipe.schedule}, "network")
+        start, history = ck["epoch"], ck["history"]
         if proc.main:
             print(cli.resume_line(args.out, start, args.epochs), flush=True)
     trained = runtime.data_parallel(net, proc.device)  # after a resume's load: every rank starts from rank 0's state
@@ -126,8 +140,7 @@ def retrain_worker(proc, args):
     for epoch in range(start, args.epochs):
         torch.manual_seed(args.seed * 1000 + epoch)
         t0 = time.time()
-        step, bar = train_epoch(proc, net, trained, opt, data.train, args, epoch, step,
-                                f"[epoch {epoch + 1}/{args.epochs}]", args.epochs - epoch - 1)
+        bar = recipe.train_epoch(trained, epoch, f"[epoch {epoch + 1}/{args.epochs}]", args.epochs - epoch - 1)
         top1, top5 = evaluate(proc, net, data.val, args.batch_size)  # the module itself: no collectives per batch
         if args.check_sync:
             runtime.check_in_sync(net)
@@ -136,8 +149,8 @@ def retrain_worker(proc, args):
         if proc.main:
             print(f"epoch {epoch + 1}/{args.epochs} {runtime.fmt_time(history[-1]['seconds'])}: train loss "
                   f"{history[-1]['train_loss']:.3f}, top-1 {top1:.2f}%, top-5 {top5:.2f}%", flush=True)
-            cli.save_atomic({"config": retrain_config(args), "epoch": epoch + 1, "step": step,
-                             "history": history, "model": net.state_dict(), "opt": opt.state_dict()}, ck_path)
+            cli.save_atomic({"config": retrain_config(args), "epoch": epoch + 1, "history": history,
+                             "model": net.state_dict(), **recipe.state()}, ck_path)
         runtime.barrier()
     if proc.main and args.check_sync:
         print(f"check-sync: all {proc.world} ranks held identical weights after each of {args.epochs - start} epochs")
@@ -181,26 +194,27 @@ def parse_args(argv=None):
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     ap.add_argument("--eval", action="store_true", help="only evaluate --weights on the evaluation set")
     ap.add_argument("--weights", help="model.pt or checkpoint.pt to evaluate (with --eval)")
-    ap.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    ap.add_argument("--subset", type=int, default=None, help="use the first N images of each split")
-    ap.add_argument("--epochs", type=int, default=240, help="epochs (default 240)")
-    ap.add_argument("--batch-size", type=int, default=1024, help="global batch size (default 1024)")
-    ap.add_argument("--lr", type=float, default=0.5, help="initial learning rate, cosine per step (default 0.5)")
-    ap.add_argument("--lr-min", type=float, default=1e-4, help="final learning rate (default 1e-4)")
-    ap.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    ap.add_argument("--weight-decay", type=float, default=4e-5, help="weight decay (default 4e-5)")
-    ap.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing (default 0.1)")
+    ap.add_argument("--seed", type=SEED, default=0, help="seed (default 0)")
+    ap.add_argument("--subset", type=integer(1), default=None, help="use the first N images of each split")
+    ap.add_argument("--epochs", type=integer(1, 100_000), default=240, help="epochs (default 240)")
+    ap.add_argument("--batch-size", type=integer(1, 10**6), default=1024, help="global batch size (default 1024)")
+    ap.add_argument("--lr", type=number(0, 10, low_open=True), default=0.5,
+                    help="initial learning rate, cosine per step (default 0.5)")
+    ap.add_argument("--lr-min", type=number(0, 10), default=1e-4, help="final learning rate (default 1e-4)")
+    ap.add_argument("--momentum", type=number(0, 0.999), default=0.9, help="SGD momentum (default 0.9)")
+    ap.add_argument("--weight-decay", type=number(0, 1), default=4e-5, help="weight decay (default 4e-5)")
+    ap.add_argument("--label-smoothing", type=number(0, 0.99), default=0.1, help="label smoothing (default 0.1)")
     ap.add_argument("--latency-lut", help="latency table: report the arch's table latency in report.json")
-    ap.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines (default 5)")
+    ap.add_argument("--log-every", type=number(0, low_open=True), default=5.0,
+                    help="seconds between progress lines (default 5)")
     runtime.add_device_args(ap)
     args = ap.parse_args(argv)
     if args.resume:  # every setting comes back from the run in OUT; a flag may only agree with it
         if not args.out:
             raise UsageError("--resume needs --out RUN, the retraining to continue")
-        cli.restore_settings(args, ap.given(argv), args.out)
+        cli.restore_settings(ap, argv, args, args.out)
     if not args.arch:
         raise UsageError("--arch FILE is needed (an arch file written by search.py or by hand)")
-    cli.check_ranges(args, RANGES)
     if args.lr_min > args.lr:
         raise UsageError("need --lr-min <= --lr")
     return args
@@ -235,12 +249,6 @@ def main(argv=None):
             cli.same_config(cli.load_checkpoint(ck_path).get("config", {}), retrain_config(args), ck_path)
         cli.begin_run(args)
     runtime.launch(retrain_worker, args)
-
-
-RANGES = {"seed": (0, 2**32 - 1, False), "subset": (1, None, False), "epochs": (1, 100_000, False),
-          "batch_size": (1, 10**6, False), "lr": (0, 10, True), "lr_min": (0, 10, False),
-          "momentum": (0, 0.999, False), "weight_decay": (0, 1, False), "label_smoothing": (0, 0.99, False),
-          "log_every": (0, None, True), **runtime.DEVICE_RANGES}
 
 
 if __name__ == "__main__":

@@ -7,33 +7,28 @@ lambda * log_tau(cost) of Eq. 8, Adam, then the rebias of Eq. 10), then the weig
 training split as in stage 1. After every epoch the architecture is derived (argmax alpha and
 Viterbi, viterbi.py) into OUT/arch.json; a checkpoint makes every run resumable.
 
-    python search.py --space toy --data fake --epochs 2 --warmup-epochs 1 --out runs/toy
-    python search.py --space mbv2 --data /imagenet --gpus 4         # the paper's search
-    python search.py --resume --out runs/toy                         # continue a run
+    python search.py --preset laptop                                 the walkthrough on a CPU
+    python search.py --space mbv2 --data /path/to/imagenet --gpus 4  the paper's search
+    python search.py --resume --out runs/laptop                      continue a run
 """
-import argparse
 import contextlib
-import json
 import math
 import os
-import sys
 import time
 
 import torch
 import torch.nn as nn
 
-import cli
-import latency
 import retrain
-import runtime
-from cli import ArgumentParser, UsageError, run_cli, save_json_atomic
-from cost import CostModel, arch_cost, check_table, flops_table, load_table
-from data import load_data
-from supernet import SPACES, SuperNet, arch_text, get_space, load_arch
-from viterbi import decisiveness, derive_supernet, draw_run, save_arch_params
+from cost import CostModel, arch_cost
+from machinery import cli, options, runtime
+from machinery.draw import draw_search, save_arch_params
+from machinery.walkthrough import walkthrough_end
+from supernet import SuperNet, arch_text
+from viterbi import decisiveness, derive_supernet
 
 # The paper's settings (supplement A.1, A.4; arXiv v1 for label smoothing); lambda and tau, which the paper does not
-# give, are the authors' published code's; toy is ours, for tests.
+# give, are the authors' published code's; `mini` (the laptop walkthrough) and `toy` (tests) are ours.
 PAPER = dict(lr=0.2, lr_min=1e-4, momentum=0.9, weight_decay=4e-5, label_smoothing=0.1,
              arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3)
 DEFAULTS = {
@@ -42,19 +37,8 @@ DEFAULTS = {
     "mini": dict(PAPER, epochs=10, warmup_epochs=4, batch_size=64, lam=0.15, tau=15.0),
     "toy": dict(PAPER, epochs=4, warmup_epochs=2, batch_size=64, lam=0.15, tau=15.0),
 }
-# --preset laptop: the whole pipeline on Fashion-MNIST on a 2-core CPU in about 13 minutes: the `mini` space
-# (supernet.py) at 28 px, 9,600 images per split, 11 epochs of which 5 weights-only. A preset is flags, read as if
-# written before the given ones (which win). Where it departs from the paper it says why in the README ("How the
-# laptop preset departs from the paper"); the main ones: an architecture learning rate ~30x the paper's, as this
-# search makes ~900 architecture steps, not ~7,400; a weight learning rate of 0.1 at batch 64 for ~1,700 weight
-# steps; and lambda 0.03, not 0.15, as at 0.15 the cost term alone decides every choice on Fashion-MNIST.
-PRESETS = {"laptop": ["--space", "mini", "--data", "fashion-mnist", "--subset", "9600", "--epochs", "11",
-                      "--warmup-epochs", "5", "--batch-size", "64", "--lr", "0.1", "--arch-lr", "1e-2", "--lam", "0.03"]}
-RETRAIN_PRESETS = {"laptop": ["--epochs", "5", "--batch-size", "128", "--lr", "0.1", "--subset", "24000"]}
-IMAGENET_COMMAND = "python search.py --space mbv2 --data /path/to/imagenet --gpus 4"
 # cost units of log_tau(cost) in Eq. 8: latency in ms (tau = 15), FLOPs in millions (tau = 3500)
 UNITS = {"flops": 1e6, "latency_ms": 1.0}
-LATENCY_TABLE = "latency_table.json"  # measured by the run when --cost latency has no --lut
 
 
 # ----------------------------------------------------------------------------------------
@@ -156,6 +140,9 @@ class Search:
                                      weight_decay=args.weight_decay)
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=args.arch_lr, betas=tuple(args.arch_betas),
                                       weight_decay=args.arch_weight_decay)
+        # cosine over every weight step of the search (supplement A.1)
+        self.w_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.w_opt, args.epochs * len(self.batches("weights", 0)), args.lr_min)
         self.objective = Objective(CostModel(space, table), args.lam, args.tau, UNITS.get(table["metric"], 1.0),
                                    args.estimator, args.label_smoothing)
         self.epoch, self.weight_steps, self.best = 0, 0, None
@@ -164,9 +151,9 @@ class Search:
     def batches(self, half, epoch):
         """This process's batches of an epoch: the training split for the weights, the validation split for
         alpha and beta (A.1)."""
-        a = self.args
-        dataset, seed = (self.data.train, a.seed) if half == "weights" else (self.data.val, a.seed + 1)
-        return self.proc.loader(dataset, a.batch_size, True, epoch, seed)
+        args = self.args
+        dataset, seed = (self.data.train, args.seed) if half == "weights" else (self.data.val, args.seed + 1)
+        return self.proc.loader(dataset, args.batch_size, True, epoch, seed)
 
     def begin(self, half, epoch):
         """One half of an epoch ("weights" or "arch") begins: only its parameters train; its batches, the
@@ -182,27 +169,25 @@ class Search:
     def run_epoch(self, epoch):
         """Stage 1 (epoch < --warmup-epochs): the weights alone; stage 2: alpha and beta, then the weights.
         Then, from --eval-from on, the super network's validation accuracy. Returns the epoch's log record."""
-        a = self.args
-        rec = {"epoch": epoch + 1, "stage": "warmup" if epoch < a.warmup_epochs else "search"}
+        rec = {"epoch": epoch + 1, "stage": "warmup" if epoch < self.args.warmup_epochs else "search"}
         if rec["stage"] == "search":
             rec |= self.arch_epoch(epoch)
         rec |= self.weight_epoch(epoch)
         loss, acc = runtime.all_reduce_sum([rec["train_loss"], rec["train_acc"]], self.proc.device)
         rec["train_loss"], rec["train_acc"] = loss / self.proc.world, acc / self.proc.world
-        if epoch + 1 >= a.eval_from:
+        if epoch + 1 >= self.args.eval_from:
             rec |= self.evaluate()
         self.epoch = epoch + 1
         return rec
 
     def weight_epoch(self, epoch):
         """Stage 1, and the weight half of stage 2: an epoch of weight_step on the training split."""
-        a, net = self.args, self.net
+        net = self.net
         loader, g, bar = self.begin("weights", epoch)
         for x, y in loader:
-            for group in self.w_opt.param_groups:  # cosine over every weight step of the search
-                group["lr"] = runtime.cosine_lr(self.weight_steps, a.epochs * len(loader), a.lr, a.lr_min)
             logits, loss = weight_step(net, self.w_opt, self.objective.criterion, x, y, sample_candidates(net, 1, g),
                                        self.proc.autocast())
+            self.w_schedule.step()
             self.after_step(loss, f"epoch {epoch + 1}, weight step {bar.step + 1}")
             self.weight_steps += 1
             bar.update(loss=loss.item(), acc=accuracy(logits, y))
@@ -228,11 +213,11 @@ class Search:
 
     def progress(self, half, steps, epoch):
         """The progress line of one half of an epoch; its ETA counts the steps of the epochs after it."""
-        a = self.args
+        args = self.args
         train, val = len(self.batches("weights", 0)), len(self.batches("arch", 0))
-        later = sum(train + (val if e >= a.warmup_epochs else 0) for e in range(epoch + 1, a.epochs))
-        return runtime.Progress(f"[epoch {epoch + 1}/{a.epochs} {half}]", steps, a.batch_size, later,
-                                every=a.log_every, enabled=self.proc.main)
+        later = sum(train + (val if e >= args.warmup_epochs else 0) for e in range(epoch + 1, args.epochs))
+        return runtime.Progress(f"[epoch {epoch + 1}/{args.epochs} {half}]", steps, args.batch_size, later,
+                                every=args.log_every, enabled=self.proc.main)
 
     def evaluate(self):
         """Validation accuracy (%) of the super network read at its current decision, two ways, both on the
@@ -263,12 +248,14 @@ class Search:
         return {"val_acc": 100.0 * correct[0] / max(total, 1), "derived_val_acc": 100.0 * correct[1] / max(total, 1)}
 
     def state(self):
-        return {"config": run_config(self.args), "epoch": self.epoch, "global_step": self.weight_steps, "best": self.best,
-                "model": self.net.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
+        return {"config": options.run_config(self.args), "epoch": self.epoch, "global_step": self.weight_steps,
+                "best": self.best, "model": self.net.state_dict(), "w_opt": self.w_opt.state_dict(),
+                "w_schedule": self.w_schedule.state_dict(), "a_opt": self.a_opt.state_dict(),
                 "rng": torch.get_rng_state()}
 
     def load(self, ck):
-        cli.load_states(ck, {"model": self.net, "w_opt": self.w_opt, "a_opt": self.a_opt}, "super network")
+        cli.load_states(ck, {"model": self.net, "w_opt": self.w_opt, "w_schedule": self.w_schedule,
+                             "a_opt": self.a_opt}, "super network")
         self.epoch, self.weight_steps, self.best = ck["epoch"], ck["global_step"], ck["best"]
 
 
@@ -277,369 +264,100 @@ def accuracy(logits, y):
 
 
 # ----------------------------------------------------------------------------------------
-# The run: one worker per process, what it writes after every epoch
+# One process's search, and what it writes after every epoch
 
 def search_worker(proc, args):
-    data = runtime.main_first(lambda: load_data(args.data, "search", args.seed, args.input_size, args.subset,
-                                                args.classes, split_file=split_path(args),
-                                                verify_images=False))  # check_run verified them
-    space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
-    s = Search(proc, args, data, space, resolve_table(args, space, proc.device, say=proc.main))
-    ck_path, log_path = os.path.join(args.out, cli.CHECKPOINT), os.path.join(args.out, "search_log.jsonl")
+    data = options.search_data(args)
+    space = options.search_space(args, data)
+    search = Search(proc, args, data, space, options.cost_table(args, space, proc))
+    ck_path, log_path = os.path.join(args.out, cli.CHECKPOINT), os.path.join(args.out, cli.SEARCH_LOG)
     if args.resume and os.path.exists(ck_path):
-        s.load(cli.load_checkpoint(ck_path))
+        search.load(cli.load_checkpoint(ck_path))
         if proc.main:
-            print(cli.resume_line(args.out, s.epoch, args.epochs), flush=True)
+            print(cli.resume_line(args.out, search.epoch, args.epochs), flush=True)
     if proc.main:
         print(f"search space '{args.space}': {len(space.blocks)} blocks, {len(space.edges)} connections, "
-              f"{len(s.net.layers)} mixed layers; data {data.info}; {proc.world} process(es) on {proc.device}; "
-              f"cost {s.table['metric']} ({args.estimator} estimator)", flush=True)
-        keep_log_before(log_path, s.epoch if s.epoch else -1)
-    if s.epoch == 0:  # the untrained super network's guess, as a baseline for what the search learns
-        acc = s.evaluate()
+              f"{len(search.net.layers)} mixed layers; data {data.info}; {proc.world} process(es) on {proc.device}; "
+              f"cost {search.table['metric']} ({args.estimator} estimator)", flush=True)
+        cli.keep_log_before(log_path, search.epoch if search.epoch else -1)
+    if search.epoch == 0:  # the untrained super network's guess, as a baseline for what the search learns
+        acc = search.evaluate()
         if proc.main:
             print(f"untrained super network: val acc {acc['val_acc']:.2f}%, derived network alone "
                   f"{acc['derived_val_acc']:.2f}% (chance {100 / space.num_classes:.1f}%)", flush=True)
-            append_line(log_path, {"epoch": 0, "stage": "init", **acc})
-    for epoch in range(s.epoch, args.epochs):
+            cli.append_line(log_path, {"epoch": 0, "stage": "init", **acc})
+    for epoch in range(search.epoch, args.epochs):
         t0 = time.time()
         torch.manual_seed(args.seed * 1000 + epoch)  # everything random in this epoch follows from here
-        rec = s.run_epoch(epoch)
+        rec = search.run_epoch(epoch)
         if proc.main:
-            end_of_epoch(s, rec, time.time() - t0, log_path)
-            cli.save_atomic(s.state(), ck_path)
+            end_of_epoch(search, rec, time.time() - t0, log_path)
+            cli.save_atomic(search.state(), ck_path)
         runtime.barrier()
     if args.check_sync and proc.main:
         print(f"check-sync: all {proc.world} ranks held identical weights, alpha and beta after each of "
-              f"{s.synced_steps} steps", flush=True)
+              f"{search.synced_steps} steps", flush=True)
     if proc.main:
-        finish(args)
+        finish(args, space, search.net.path_probs().detach().cpu(), derive_supernet(search.net))
 
 
-def resolve_table(args, space, device=None, say=True):
-    """The cost table of Eq. 8: FLOPs; the --lut latency table; or, with --cost latency and no --lut (the
-    default for mbv2 on CUDA, Sec. 4.1), a latency table measured on this run's device as supplement A.1
-    does (batch 32), written once by rank 0 into OUT/latency_table.json and read by every rank after a
-    barrier; a resumed run finds it complete and measures nothing. device None: only check what exists."""
-    if args.cost == "flops":
-        return flops_table(space)
-    path = args.lut or os.path.join(args.out, LATENCY_TABLE)
-    if not args.lut:
-        if device is None and not os.path.exists(path):
-            return None  # to be measured by the run
-        if device is not None:  # OUT exists: the run has claimed it
-            if runtime.rank() == 0:
-                latency.build_table(space, *latency.get_device(str(device)), path, every=args.log_every)
-            runtime.barrier()
-    table = load_table(path)
-    priced = check_table(table, space, f"latency table {path}")
-    if say:
-        for sig, source in priced.items():
-            print(f"latency table: {sig} (this data set's) priced as {source} x their FLOPs ratio", flush=True)
-    return table
-
-
-def split_path(args):
-    return os.path.join(args.out, "split.json")
-
-
-def run_config(args):
-    """What a checkpoint must agree with to be resumed."""
-    keys = ("space", "data", "input_size", "subset", "classes", "connect", "seed", "epochs", "warmup_epochs",
-            "batch_size", "cost", "lut", "estimator", "random", "target_flops", "lr", "lr_min", "momentum",
-            "weight_decay", "label_smoothing", "arch_lr", "arch_betas", "arch_weight_decay", "lam", "tau", "gpus",
-            "procs", "amp")
-    return {k: json.loads(json.dumps(getattr(args, k))) for k in keys}  # plain values, as args.json holds them
-
-
-def keep_log_before(path, last, key="epoch"):
-    """On resume, drop log lines of epochs (samples) the checkpoint does not hold (a kill may fall between the two)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and json.loads(ln)[key] <= last]
-    cli.save_text_atomic("".join(lines), path)
-
-
-def append_line(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def end_of_epoch(s, rec, seconds, log_path):
+def end_of_epoch(search, rec, seconds, log_path):
     """Derive the architecture, log the epoch, write arch.json (and arch_warmup.json after the last
     weights-only epoch, to show what the architecture steps changed)."""
-    net, a, metric, unit = s.net, s.args, s.table["metric"], s.objective.unit
+    net, args, metric, unit = search.net, search.args, search.table["metric"], search.objective.unit
     arch = derive_supernet(net)
     p = net.path_probs().detach()
     with torch.no_grad():
-        est = s.objective.cost(net).item() * unit
+        est = search.objective.cost(net).item() * unit
         weights = [layer.weights().cpu() for layer in net.layers]
-    rec |= {"est_cost": est, "arch_cost": arch_cost(arch, s.table), "metric": metric,
+    rec |= {"est_cost": est, "arch_cost": arch_cost(arch, search.table), "metric": metric,
             "path": arch["path"], "widths": [b["out"] for b in arch["blocks"]],
             **decisiveness(net.space, weights, p.cpu(), arch["path"]), "seconds": seconds}
-    save_json_atomic(arch, os.path.join(a.out, "arch.json"))
-    if rec["epoch"] == a.warmup_epochs:
-        save_json_atomic(arch, os.path.join(a.out, "arch_warmup.json"))
-    save_arch_params(net.space, net.alphas(), p, os.path.join(a.out, "arch_params.json"))
-    if "val_acc" in rec and (s.best is None or rec["val_acc"] > s.best["val_acc"]):
-        s.best = {"epoch": rec["epoch"], "val_acc": rec["val_acc"]}
-        save_json_atomic(arch, os.path.join(a.out, "arch_best.json"))
-    append_line(log_path, rec)
+    cli.save_json_atomic(arch, os.path.join(args.out, "arch.json"))
+    if rec["epoch"] == args.warmup_epochs:
+        cli.save_json_atomic(arch, os.path.join(args.out, "arch_warmup.json"))
+    save_arch_params(net.space, net.alphas(), p, os.path.join(args.out, "arch_params.json"))
+    if "val_acc" in rec and (search.best is None or rec["val_acc"] > search.best["val_acc"]):
+        search.best = {"epoch": rec["epoch"], "val_acc": rec["val_acc"]}
+        cli.save_json_atomic(arch, os.path.join(args.out, "arch_best.json"))
+    cli.append_line(log_path, rec)
     val = (f" val acc {rec['val_acc']:.2f}% (derived network alone {rec['derived_val_acc']:.2f}%);"
            if "val_acc" in rec else "")
-    print(f"epoch {rec['epoch']}/{a.epochs} ({rec['stage']}) {runtime.fmt_time(seconds)}: train loss "
+    print(f"epoch {rec['epoch']}/{args.epochs} ({rec['stage']}) {runtime.fmt_time(seconds)}: train loss "
           f"{rec['train_loss']:.3f} acc {rec['train_acc']:.2f}%;{val} p on path {rec['p_path']:.2f}, "
           f"w chosen {rec['w_chosen']:.2f}; estimated cost {est / unit:.3f}, derived {rec['arch_cost'] / unit:.3f} "
           f"({metric}{'/1e6' if unit != 1 else ''}); widths {rec['widths']}", flush=True)
 
 
-def finish(a):
-    """The derived network's summary, its pictures and the command that retrains it."""
-    arch_path = os.path.join(a.out, "arch.json")
-    arch = draw_run(a.out)  # arch.svg and supernet.svg
+def finish(args, space, p, arch):
+    """The derived network's pictures and summary, and the command that retrains it."""
+    draw_search(args.out, space, p, arch)
     prof = retrain.profile(arch)
     print("\nderived architecture (argmax alpha, Viterbi over p):")
     print(arch_text(arch))
     print(f"path {' -> '.join(f'B_{i}' for i in arch['path'])}; {prof['flops'] / 1e6:.2f}M FLOPs, "
           f"{prof['params'] / 1e6:.3f}M params")
-    print(f"pictures: {os.path.join(a.out, 'arch.svg')}, {os.path.join(a.out, 'supernet.svg')}")
-    print(f"retrain it:  python retrain.py --arch {arch_path} --data {a.data}"
-          + (f" --gpus {a.gpus}" if a.gpus else ""))
+    print(f"pictures: {os.path.join(args.out, 'arch.svg')}, {os.path.join(args.out, 'supernet.svg')}")
+    print(f"retrain it:  python retrain.py --arch {os.path.join(args.out, 'arch.json')} --data {args.data}"
+          + (f" --gpus {args.gpus}" if args.gpus else ""))
 
 
-# ----------------------------------------------------------------------------------------
-# Command line
-
-def parse_args(argv=None, random=False):
-    """The search's settings: the flags given, after a preset's (a preset is flags); then, for those not set,
-    the paper's per space (DEFAULTS); then what follows from them (the cost, --eval-from, --out).
-    random=True adds the random-search baseline's (studies.py random, Table 1)."""
-    ap = make_parser(random)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    # the flags of a preset (and the random search's 5 epochs) come first: the ones given win over them
-    args = ap.parse_args((["--epochs", "5"] if random else []) + PRESETS.get(ap.parse_args(argv).preset, []) + argv)
-    if args.resume:  # every setting comes back from the run in OUT; a flag may only agree with it
-        args.out = args.out or default_out(args)
-        cli.restore_settings(args, ap.given(argv), args.out)
-    if bool(args.random) != random:
-        raise UsageError(f"{args.out} holds a random search: continue it with studies.py random --resume --out "
-                         f"{args.out}" if args.random else f"{args.out} holds a search, not a random search")
-    if random:
-        if args.lut or args.cost == "latency":
-            raise UsageError("the random search samples by FLOPs; drop --lut and --cost latency")
-        args.warmup_epochs = 0  # no super network: nothing to warm up
-    if args.space not in DEFAULTS:
-        raise UsageError(f"unknown space '{args.space}' (known: {', '.join(SPACES)})")
-    for k, v in DEFAULTS[args.space].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    if args.cost is None:  # Sec. 4.1: the MobileNetV2 space is searched on GPU latency, the ResNet space on FLOPs
-        args.cost = "latency" if args.lut or (args.space == "mbv2" and not args.random and runtime.uses_cuda(args)) \
-            else "flops"
-    if args.cost == "flops" and args.lut:
-        raise UsageError("--lut is a latency table; drop it or use --cost latency")
-    cli.check_ranges(args, RANGES)
-    if args.warmup_epochs > args.epochs or args.lr_min > args.lr:
-        raise UsageError("need --warmup-epochs <= --epochs and --lr-min <= --lr")
-    runtime.check_batch(args)
-    if args.eval_from is None:
-        args.eval_from = args.warmup_epochs + 1
-    args.out = args.out or default_out(args)
-    return args
+def parse_args(argv=None):
+    """The flags given, after a preset's; the paper's settings per space for the rest; with --resume, the run's own
+    (machinery/options.py)."""
+    return options.parse_search_args(options.search_parser(DEFAULTS, __doc__), argv, DEFAULTS)
 
 
-def make_parser(random):
-    ap = ArgumentParser(__doc__)
-    ap.add_argument("--preset", choices=list(PRESETS),
-                    help="laptop: search the 'mini' space on Fashion-MNIST, retrain the result and evaluate it on "
-                         "the test set, all on a CPU in about 13 minutes (flags given override its settings)")
-    ap.add_argument("--space", default="mbv2", help=f"search space: {', '.join(SPACES)} (default mbv2)")
-    ap.add_argument("--data", default="fashion-mnist",
-                    help="fashion-mnist (default), fake, or an ImageFolder root with train/<class>/*")
-    ap.add_argument("--out", default=None, help="output folder (default runs/search-SPACE; runs/random-SPACE for "
-                                                 "studies.py random)")
-    ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    ap.add_argument("--seed", type=int, default=0, help="seed of data order, sampling and init (default 0)")
-    ap.add_argument("--input-size", type=int, default=None,
-                    help="image size the space is built for (default 224 ImageFolder, 28 Fashion-MNIST, 32 fake)")
-    ap.add_argument("--subset", type=int, default=None, help="use the first N images of each split")
-    ap.add_argument("--classes", type=int, default=100, help="ImageFolder: classes drawn for the search (default 100)")
-    ap.add_argument("--connect", type=int, default=None, help="connection number M (default: the space's; Table 5)")
-    ap.add_argument("--cost", choices=["flops", "latency"], default=None,
-                    help="cost of Eq. 8: latency (the default with --lut, and for mbv2 on CUDA; without --lut the "
-                         "run measures its own table on its device into OUT/latency_table.json) or flops (the "
-                         "default otherwise, and for resnet, Sec. 4.1)")
-    ap.add_argument("--lut", help="latency table from latency.py (any class count and input channels)")
-    ap.add_argument("--estimator", choices=["chained", "local"], default="chained",
-                    help="chained (Eq. 6-7, default) or local (Eq. 9, Table 7 ablation)")
-    ap.add_argument("--eval-from", type=int, default=None,
-                    help="evaluate the super network from this epoch on; keeps arch_best.json (default: first search epoch)")
-    ap.set_defaults(random=None, target_flops=None)
-    if random:
-        r = ap.add_argument_group("random-search baseline (Table 1)")
-        r.add_argument("--random", type=int, metavar="K", required=True,
-                       help="instead of searching, train K uniformly sampled architectures within 5%% of "
-                            "--target-flops for --epochs each (default 5) and keep the best by validation "
-                            "accuracy (paper: 15)")
-        r.add_argument("--target-flops", type=parse_flops, metavar="F", required=True,
-                       help="FLOPs (multiply-accumulates) of the random samples, e.g. 361M (DenseNAS-C) or 3.6e8")
-    ap.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines (default 5)")
-    h = ap.add_argument_group("schedule and optimisers (defaults: the paper's, per space)")
-
-    def default_help(key, what):
-        return f"{what} (default: " + ", ".join(f"{s} {DEFAULTS[s][key]}" for s in DEFAULTS) + ")"
-
-    h.add_argument("--epochs", type=int, help=default_help("epochs", "total epochs"))
-    h.add_argument("--warmup-epochs", type=int, help=default_help("warmup_epochs", "weights-only epochs (stage 1)"))
-    h.add_argument("--batch-size", type=int, help=default_help("batch_size", "global batch size"))
-    h.add_argument("--lr", type=float, help=default_help("lr", "SGD learning rate, cosine per step"))
-    h.add_argument("--lr-min", type=float, help=default_help("lr_min", "final learning rate"))
-    h.add_argument("--momentum", type=float, help=default_help("momentum", "SGD momentum"))
-    h.add_argument("--weight-decay", type=float, help=default_help("weight_decay", "SGD weight decay"))
-    h.add_argument("--label-smoothing", type=float, help=default_help("label_smoothing", "label smoothing"))
-    h.add_argument("--arch-lr", type=float, help=default_help("arch_lr", "Adam learning rate for alpha, beta"))
-    h.add_argument("--arch-betas", type=float, nargs=2, help=default_help("arch_betas", "Adam betas"))
-    h.add_argument("--arch-weight-decay", type=float, help=default_help("arch_weight_decay", "Adam weight decay"))
-    h.add_argument("--lam", type=float, help=default_help("lam", "lambda of Eq. 8"))
-    h.add_argument("--tau", type=float, help=default_help("tau", "tau of Eq. 8 (cost in ms or MFLOPs)"))
-    runtime.add_device_args(ap)
-    return ap
-
-
-# what each number may be (low, high, low excluded); checked before any work
-RANGES = {"seed": (0, 2**32 - 1, False), "input_size": (8, 1024, False), "subset": (1, None, False),
-          "classes": (2, 100_000, False), "connect": (1, 64, False), "eval_from": (1, None, False),
-          "log_every": (0, None, True), "random": (1, 10_000, False), "target_flops": (0, 1e13, True),
-          "epochs": (1, 100_000, False), "warmup_epochs": (0, None, False), "batch_size": (1, 10**6, False),
-          "lr": (0, 10, True), "lr_min": (0, 10, False), "momentum": (0, 0.999, False),
-          "weight_decay": (0, 1, False), "label_smoothing": (0, 0.99, False), "arch_lr": (0, 1, True),
-          "arch_betas": (0, 0.9999, False), "arch_weight_decay": (0, 1, False), "lam": (0, 100, False),
-          "tau": (1, 1e12, True), **runtime.DEVICE_RANGES}
-
-
-def default_out(args):
-    if args.preset:
-        return os.path.join("runs", args.preset + ("-random" if args.random else ""))
-    return os.path.join("runs", f"{'random' if args.random else 'search'}-{args.space}")
-
-
-def parse_flops(text):
-    """'361M', '3.6e8', '12.5M', '1.2G' -> a number of FLOPs."""
-    scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:].upper(), 1.0)
-    try:
-        value = float(text[:-1] if scale != 1.0 else text) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a FLOPs count (e.g. 361M or 3.6e8)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"FLOPs must be positive, not {text}")
-    return value
-
-
-def check_run(args):
-    """Everything that can be refused is refused here, before anything is written to OUT."""
-    runtime.check_devices(args)
-    cli.check_folder(args.out, args.resume)
-    data = load_data(args.data, "search", args.seed, args.input_size, args.subset, args.classes,
-                     split_file=None)
-    runtime.check_batch_fits(args.batch_size, {"train split": len(data.train), "val split": len(data.val)})
-    space = get_space(args.space, data.input_size, data.in_channels, data.num_classes, args.connect)
-    resolve_table(args, space, say=False)
-    if args.cost == "flops" and args.space == "mbv2" and not args.random:
-        print("cost: FLOPs, as no latency table is given (the paper searches this space on GPU latency, Sec. 4.1; "
-              "on CUDA this search measures one, or pass --lut FILE or --cost latency)", flush=True)
-    ck_path = os.path.join(args.out, cli.CHECKPOINT)
-    if args.resume and os.path.exists(ck_path) and not args.random:
-        ck = cli.load_checkpoint(ck_path)
-        if not isinstance(ck, dict) or "config" not in ck:
-            raise UsageError(f"{ck_path} is not a search checkpoint")
-        cli.same_config(ck["config"], run_config(args), ck_path)
-    return space
-
-
-def start_run(args, worker):
-    """Take OUT, record the run's settings (a resume keeps the record), run `worker` on every process, and
-    for --preset retrain the result and sum up."""
+def main(argv=None):
+    """Everything that can be refused is refused before OUT is written; then every process searches, and with
+    --preset the derived network is retrained and tested (machinery/walkthrough.py)."""
+    args = parse_args(argv)
+    options.check_search(args)
     cli.begin_run(args)
-    runtime.launch(worker, args)
+    runtime.launch(search_worker, args)
     if args.preset:
         walkthrough_end(args)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    check_run(args)
-    start_run(args, search_worker)
-
-
-def read_log(out):
-    with open(os.path.join(out, "search_log.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def search_evidence(out, log):
-    """What shows that a finished search learned, read from its folder and log: the untrained guess and the
-    derived network's accuracy on the shared weights (validation split), how firmly alpha and beta
-    decided (p on the path, w of the chosen candidates), and the architecture derived after the last
-    weights-only epoch beside the final one."""
-    last = log[-1]
-    ev = {"untrained_val_acc": next((r["val_acc"] for r in log if r["stage"] == "init"), None),
-          "supernet_val_acc": last.get("val_acc"), "derived_val_acc": last.get("derived_val_acc"),
-          "p_path": last["p_path"], "w_chosen": last["w_chosen"],
-          "path": last["path"], "widths": last["widths"], "arch_cost": last["arch_cost"], "metric": last["metric"]}
-    warm = [r for r in log if r["stage"] == "warmup"]
-    if warm:
-        with open(os.path.join(out, "arch_warmup.json")) as f, open(os.path.join(out, "arch.json")) as g:
-            before, after = json.load(f), json.load(g)
-        ev |= {"warmup_path": warm[-1]["path"], "warmup_widths": warm[-1]["widths"],
-               "warmup_arch_cost": warm[-1]["arch_cost"], "changed_since_warmup": before != after}
-    return ev
-
-
-def walkthrough_end(args):
-    """--preset: retrain the derived network, evaluate it on the test set, and sum up (OUT/summary.json)."""
-    arch_path, out = os.path.join(args.out, "arch.json"), os.path.join(args.out, "retrain")
-    resume = ["--resume"] if cli.has_run(out) else []
-    print(f"\n== retraining the derived network ({' '.join(RETRAIN_PRESETS[args.preset])}) ==", flush=True)
-    retrain.main(["--arch", arch_path, "--data", args.data, "--out", out, "--seed", str(args.seed),
-                  "--log-every", str(args.log_every)] + RETRAIN_PRESETS[args.preset] + resume)
-    report, arch = cli.read_json(os.path.join(out, "report.json"), "report"), load_arch(arch_path)
-    log = read_log(args.out)
-    searched = sum(r.get("seconds", 0.0) for r in log)  # from the log: a resumed run counts in full
-    summary = {"seconds_search": searched, "seconds_retrain": report["wall_s"], "test_top1": report["top1"],
-               "flops": report["flops"], "params": report["params"]}
-    print("\n== summary ==")
-    print(f"search: {searched / 60:.1f} min; retrain + test: {report['wall_s'] / 60:.1f} min")
-    if not args.random:
-        summary |= search_evidence(args.out, log)
-        print_evidence(summary, arch["num_classes"])
-    print(f"derived widths {[b['out'] for b in arch['blocks']]} (path {arch['path']}); "
-          f"{report['flops'] / 1e6:.2f}M FLOPs, {report['params'] / 1e6:.3f}M params")
-    print(f"retrained from scratch, test accuracy ({args.data}, its evaluation set): top-1 {report['top1']:.2f}%")
-    save_json_atomic(summary, os.path.join(args.out, "summary.json"))
-    print(f"outputs: {args.out}/ (summary.json, arch.json, arch.svg, supernet.svg, search_log.jsonl, retrain/)")
-    command = IMAGENET_COMMAND
-    if args.random:
-        command = command.replace("search.py", "studies.py random") + " --random 15 --epochs 5 --target-flops 361M"
-    print(f"the same search on ImageNet with 4 GPUs:  {command}")
-
-
-def print_evidence(ev, num_classes):
-    """search_evidence in words."""
-    mm, unit = (1e6, "M FLOPs") if ev["metric"] == "flops" else (1.0, " ms")
-    pct = {k: "not evaluated" if ev[k] is None else f"{ev[k]:.2f}%"
-           for k in ("supernet_val_acc", "untrained_val_acc", "derived_val_acc")}
-    print(f"super network at its decision (argmax alpha, paths weighted by p): {pct['supernet_val_acc']} on the "
-          f"validation split (untrained: {pct['untrained_val_acc']}, chance {100 / num_classes:.1f}%); the "
-          f"derived network alone on the shared weights: {pct['derived_val_acc']} (blocks off its path no longer "
-          "feed it)")
-    print(f"decisions: p along the path {ev['p_path']:.2f} where a block has a choice, w of the chosen "
-          f"candidates {ev['w_chosen']:.2f} (uniform: 0.33-0.5)")
-    if "changed_since_warmup" in ev:
-        print(f"after warm-up (before any architecture step) the derived network was path {ev['warmup_path']}, "
-              f"{ev['warmup_arch_cost'] / mm:.2f}{unit}; the search "
-              + ("changed it" if ev["changed_since_warmup"] else "did NOT change it"))
-
-
 if __name__ == "__main__":
-    run_cli(main)
+    cli.run_cli(main)

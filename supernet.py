@@ -7,8 +7,10 @@ gives it; `mini` for the laptop walkthrough, `toy` for tests).
 
     python supernet.py --space mbv2 --describe [--input-size N] [--num-classes K] [--connect M]
 """
+import argparse
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -16,7 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import ArgumentParser, UsageError, read_json, run_cli
+
+class InvalidInput(ValueError):
+    """A value the definitions of this repository cannot take: an unknown op or space, a shape that does not
+    fit, a malformed arch file or cost table. Every program prints it as one line and exits with code 2."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -28,23 +33,6 @@ OPS = MBCONVS + ["mbconv_k3_e1", "skip", "basic_block", "bottleneck"]
 FIXED_OPS = ["conv3x3", "conv1x1", "linear"]
 
 
-class DepthwiseConv2d(nn.Conv2d):
-    """A depthwise kxk convolution with padding k//2. On a map of H rows, the filter taps further than
-    H-1 from its centre only ever meet zero padding, so the filter is cropped to the taps that can reach
-    the map: the output and every gradient are exactly those of the whole filter (its outer taps get a zero
-    gradient either way). oneDNN is very slow on such padding-dominated filters (a 7x7 filter on a 2x2 map:
-    mbv2's last stages at 64 px), which made this the slowest part of a CPU search step."""
-
-    def forward(self, x):
-        (kh, kw), (h, w) = self.kernel_size, x.shape[-2:]
-        rh, rw = min(kh // 2, h - 1), min(kw // 2, w - 1)
-        if (rh, rw) == (kh // 2, kw // 2):
-            return super().forward(x)
-        oh, ow = kh // 2 - rh, kw // 2 - rw
-        weight = self.weight[:, :, oh:oh + 2 * rh + 1, ow:ow + 2 * rw + 1]
-        return F.conv2d(x, weight, self.bias, self.stride, (rh, rw), self.dilation, self.groups)
-
-
 def conv_bn(c_in, c_out, k, stride=1, groups=1, affine=False):
     conv = DepthwiseConv2d if groups > 1 and groups == c_in == c_out else nn.Conv2d
     return [conv(c_in, c_out, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out, affine=affine)]
@@ -52,7 +40,7 @@ def conv_bn(c_in, c_out, k, stride=1, groups=1, affine=False):
 
 def activation(act):
     """ReLU6 out of place: an in-place ReLU6 that needs a gradient first copies its input (its backward
-    reads the input), which made BN + ReLU6 1.4-2.5x slower here (bench.py). ReLU's backward reads its
+    reads the input), which made BN + ReLU6 1.4-2.5x slower here (studies/bench.py). ReLU's backward reads its
     output, so an in-place ReLU costs no copy."""
     return nn.ReLU6() if act == "relu6" else nn.ReLU(inplace=True)
 
@@ -100,25 +88,25 @@ class ResBlock(nn.Module):
 def make_op(name, c_in, c_out, stride=1, affine=False, act="relu6"):
     """One operation by name. `act` is the activation of the fixed convs (stem, ending block)."""
     if stride not in (1, 2):
-        raise UsageError(f"stride must be 1 or 2, got {stride}")
+        raise InvalidInput(f"stride must be 1 or 2, got {stride}")
     if name.startswith("mbconv_k"):
         if name not in OPS:
-            raise UsageError(f"unknown op '{name}'")
+            raise InvalidInput(f"unknown op '{name}'")
         k, e = (int(s[1:]) for s in name.split("_")[1:])
         return MBConv(c_in, c_out, k, e, stride, affine)
     if name == "skip":
         if stride != 1 or c_in != c_out:
-            raise UsageError(f"skip cannot map {c_in} to {c_out} channels with stride {stride}")
+            raise InvalidInput(f"skip cannot map {c_in} to {c_out} channels with stride {stride}")
         return nn.Identity()
     if name in ("basic_block", "bottleneck"):
         if name == "bottleneck" and c_out % 4:
-            raise UsageError(f"bottleneck width {c_out} is not a multiple of 4")
+            raise InvalidInput(f"bottleneck width {c_out} is not a multiple of 4")
         return ResBlock(c_in, c_out, stride, name == "bottleneck", affine)
     if name in ("conv3x3", "conv1x1"):
         return nn.Sequential(*conv_bn(c_in, c_out, int(name[4]), stride, affine=affine), activation(act))
     if name == "linear":
         return nn.Linear(c_in, c_out)
-    raise UsageError(f"unknown op '{name}' (known: {', '.join(OPS + FIXED_OPS)})")
+    raise InvalidInput(f"unknown op '{name}' (known: {', '.join(OPS + FIXED_OPS)})")
 
 
 def init_weights(model):
@@ -136,6 +124,25 @@ def init_weights(model):
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
+
+
+# A speed fix that changes no number: conv_bn builds a depthwise convolution as this class
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise kxk convolution with padding k//2. On a map of H rows, the filter taps further than
+    H-1 from its centre only ever meet zero padding, so the filter is cropped to the taps that can reach
+    the map: the output and every gradient are exactly those of the whole filter (its outer taps get a zero
+    gradient either way). oneDNN is very slow on such padding-dominated filters (a 7x7 filter on a 2x2 map:
+    mbv2's last stages at 64 px), which made this the slowest part of a CPU search step."""
+
+    def forward(self, x):
+        (kh, kw), (h, w) = self.kernel_size, x.shape[-2:]
+        rh, rw = min(kh // 2, h - 1), min(kw // 2, w - 1)
+        if (rh, rw) == (kh // 2, kw // 2):
+            return super().forward(x)
+        oh, ow = kh // 2 - rh, kw // 2 - rw
+        weight = self.weight[:, :, oh:oh + 2 * rh + 1, ow:ow + 2 * rw + 1]
+        return F.conv2d(x, weight, self.bias, self.stride, (rh, rw), self.dilation, self.groups)
 
 
 # ----------------------------------------------------------------------------------------
@@ -460,7 +467,7 @@ class Space:
                                          ("input channels", self.in_channels, LIMITS["in_channels"]),
                                          ("class count", self.num_classes, LIMITS["num_classes"])):
             if not low <= value <= high:
-                raise UsageError(f"the {what} must be between {low} and {high}, got {value}")
+                raise InvalidInput(f"the {what} must be between {low} and {high}, got {value}")
         # at 224 the stem halves the input (the paper's resolutions); under 64 px it keeps it (CIFAR)
         self.stem_stride = 2 if self.input_size >= 64 else 1
         r0 = halve(self.input_size, self.stem_stride - 1)
@@ -474,14 +481,14 @@ class Space:
         for i in range(self.n):
             ks = [k for k, (a, _) in enumerate(self.edges) if a == i]
             if not ks:
-                raise UsageError(f"space '{d.name}': block {i} has no outgoing connection with M={self.connect}")
+                raise InvalidInput(f"space '{d.name}': block {i} has no outgoing connection with M={self.connect}")
             self.out_edge_ranges.append((ks[0], ks[-1] + 1))
         self.slots = []
         for j in range(1, self.n + 1):
             b = self.blocks[j]
             sources = [i for i, k in self.edges if k == j]
             if not sources:
-                raise UsageError(f"space '{d.name}': block {j} has no incoming connection with M={self.connect}")
+                raise InvalidInput(f"space '{d.name}': block {j} has no incoming connection with M={self.connect}")
             self.slots += [MixedLayerSpec(j, (i, j), None, tuple(self.align_candidates_for(i, j)),
                                           self.blocks[i].channels, b.channels, self.stride(i, j),
                                           self.blocks[i].resolution) for i in sources]
@@ -550,7 +557,7 @@ class Space:
 
 def get_space(name, input_size=224, in_channels=3, num_classes=1000, connect=None):
     if name not in SPACES:
-        raise UsageError(f"unknown space '{name}' (known: {', '.join(SPACES)})")
+        raise InvalidInput(f"unknown space '{name}' (known: {', '.join(SPACES)})")
     return Space(SPACES[name], input_size, in_channels, num_classes, connect)
 
 
@@ -563,47 +570,47 @@ def get_space(name, input_size=224, in_channels=3, num_classes=1000, connect=Non
 # final 1x1 conv (null: the last block feeds pooling directly, as in the derived ResNets of Table 6).
 
 def check_arch(arch):
-    """Raise UsageError naming the first problem of a malformed arch dict."""
+    """Raise InvalidInput naming the first problem of a malformed arch dict."""
     def need(obj, key, kind, where):
         if not isinstance(obj, dict) or key not in obj:
-            raise UsageError(f"arch file: {where} is missing '{key}'")
+            raise InvalidInput(f"arch file: {where} is missing '{key}'")
         if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
-            raise UsageError(f"arch file: {where}.{key} has the wrong type")
+            raise InvalidInput(f"arch file: {where}.{key} has the wrong type")
         return obj[key]
 
     if need(arch, "space", str, "top level") not in SPACES:
-        raise UsageError(f"arch file: unknown space '{arch['space']}' (known: {', '.join(SPACES)})")
+        raise InvalidInput(f"arch file: unknown space '{arch['space']}' (known: {', '.join(SPACES)})")
     for key in ("input_size", "in_channels", "num_classes"):
         low, high = LIMITS[key]
         if not low <= need(arch, key, int, "top level") <= high:
-            raise UsageError(f"arch file: {key} must be between {low} and {high}, got {arch[key]}")
+            raise InvalidInput(f"arch file: {key} must be between {low} and {high}, got {arch[key]}")
     stem = need(arch, "stem", dict, "top level")
     c = need(stem, "out", int, "stem")
     if not 1 <= c <= LIMITS["width"][1]:
-        raise UsageError(f"arch file: stem.out must be between 1 and {LIMITS['width'][1]}")
+        raise InvalidInput(f"arch file: stem.out must be between 1 and {LIMITS['width'][1]}")
     if need(stem, "stride", int, "stem") not in (1, 2):
-        raise UsageError(f"arch file: stem stride must be 1 or 2, got {stem['stride']}")
+        raise InvalidInput(f"arch file: stem stride must be 1 or 2, got {stem['stride']}")
     for k, b in enumerate(need(arch, "blocks", list, "top level")):
         where = f"blocks[{k}]"
         if need(b, "in", int, where) != c:
-            raise UsageError(f"arch file: {where} takes {b['in']} channels but the layer before gives {c}")
+            raise InvalidInput(f"arch file: {where} takes {b['in']} channels but the layer before gives {c}")
         c = need(b, "out", int, where)
         if need(b, "stride", int, where) not in (1, 2):
-            raise UsageError(f"arch file: {where} has stride {b['stride']} (must be 1 or 2)")
+            raise InvalidInput(f"arch file: {where} has stride {b['stride']} (must be 1 or 2)")
         ops = [need(b, "head", str, where)] + need(b, "layers", list, where)
         for o in ops:
             if o not in OPS:
-                raise UsageError(f"arch file: {where} has unknown op '{o}'")
+                raise InvalidInput(f"arch file: {where} has unknown op '{o}'")
         if b["head"] == "skip" and (b["in"] != b["out"] or b["stride"] != 1):
-            raise UsageError(f"arch file: {where} has a skip head that changes shape")
+            raise InvalidInput(f"arch file: {where} has a skip head that changes shape")
         if any(o == "bottleneck" for o in ops) and c % 4:
-            raise UsageError(f"arch file: {where} uses bottleneck with width {c}, not a multiple of 4")
+            raise InvalidInput(f"arch file: {where} uses bottleneck with width {c}, not a multiple of 4")
         if not LIMITS["width"][0] <= c <= LIMITS["width"][1]:
-            raise UsageError(f"arch file: {where} has width {c} (must be between 1 and {LIMITS['width'][1]})")
+            raise InvalidInput(f"arch file: {where} has width {c} (must be between 1 and {LIMITS['width'][1]})")
     if "last" not in arch:
-        raise UsageError("arch file: top level is missing 'last'")
+        raise InvalidInput("arch file: top level is missing 'last'")
     if arch["last"] is not None and not 1 <= need(arch["last"], "out", int, "last") <= LIMITS["width"][1]:
-        raise UsageError(f"arch file: last.out must be between 1 and {LIMITS['width'][1]}")
+        raise InvalidInput(f"arch file: last.out must be between 1 and {LIMITS['width'][1]}")
 
 
 def arch_ops(arch):
@@ -631,14 +638,6 @@ def arch_signatures(arch):
     return [signature(*op) for op in arch_ops(arch)]
 
 
-def load_arch(path):
-    arch = read_json(path, "arch file")
-    if not isinstance(arch, dict):
-        raise UsageError(f"arch file {path} does not hold a JSON object")
-    check_arch(arch)
-    return arch
-
-
 def arch_text(arch):
     """A compact text form: one line per block with widths, stride and operations."""
     s = arch["stem"]
@@ -653,7 +652,7 @@ def arch_text(arch):
 
 
 def main():
-    ap = ArgumentParser(__doc__)
+    ap = Parser(__doc__)
     ap.add_argument("--space", default="mbv2", help=f"search space: {', '.join(SPACES)} (default mbv2)")
     ap.add_argument("--describe", action="store_true", help="print the super network as one JSON object")
     ap.add_argument("--input-size", type=int, default=224, help="input image size (default 224)")
@@ -678,5 +677,28 @@ def main():
         print("(--describe prints this as JSON)")
 
 
+# ----------------------------------------------------------------------------------------
+# Running a module of the paper on its own (python supernet.py, cost.py, viterbi.py)
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error printed as one line (exit code 2) instead of the whole usage block."""
+
+    def __init__(self, description=None, **kw):
+        super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(main):
+    """main(), with bad input (InvalidInput) printed as one line and exit code 2."""
+    try:
+        main()
+    except InvalidInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    run(main)

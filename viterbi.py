@@ -1,21 +1,16 @@
 """Deriving the final architecture (Sec. 3.4): argmax alpha per layer and the Viterbi algorithm
 over the path probabilities (supplement A.2, Algorithm 1), into an arch file (supernet.py says
-what it holds); and the pictures and parameters a search leaves beside it.
+what it holds).
 
-    python viterbi.py --arch FILE [--svg OUT.svg]     summarise (and draw) an arch file
-    python viterbi.py --run SEARCH_FOLDER             draw arch.svg and supernet.svg of a search
-    python viterbi.py --space toy [--seed S] [--svg A.svg] [--supernet-svg S.svg]
-                                                      derive an arch from random alpha, beta
+    python viterbi.py --space toy [--seed S] [--json]     derive a network from random alpha, beta
+(Drawing a derived network or a search: `python -m machinery.draw --help`.)
 """
-import os
+import json
 
 import torch
 
-from cli import (ArgumentParser, UsageError, check_ranges, output_file, read_json, run_cli, save_json_atomic,
-                 save_text_atomic)
 from cost import op_flops
-from draw import arch_svg, supernet_svg
-from supernet import SPACES, arch_signatures, arch_text, get_space, load_arch, path_probs
+from supernet import SPACES, Parser, arch_signatures, arch_text, get_space, path_probs, run
 
 
 def viterbi(p, n):
@@ -94,78 +89,25 @@ def decisiveness(space, weights, p, path):
     return {"p_path": sum(on_path) / max(len(on_path), 1), "w_chosen": sum(chosen) / max(len(chosen), 1)}
 
 
-# ----------------------------------------------------------------------------------------
-# What a search writes beside the arch file
-
-def save_arch_params(space, alphas, p, path):
-    """alpha and p of a search, with what rebuilds its space: what `--run` draws the super network from."""
-    save_json_atomic({"space": space.name, "input_size": space.input_size, "in_channels": space.in_channels,
-                      "num_classes": space.num_classes, "connect": space.connect,
-                      "alphas": [[float(v) for v in a] for a in alphas], "p": [float(v) for v in p]}, path)
-
-
-def load_arch_params(path):
-    d = read_json(path, "arch params (search.py writes them after every epoch)")
-    try:
-        space = get_space(d["space"], d["input_size"], d["in_channels"], d["num_classes"], d["connect"])
-        alphas, p = d["alphas"], d["p"]
-    except (KeyError, TypeError):
-        raise UsageError(f"{path} is not an arch_params.json written by search.py") from None
-    if len(alphas) != len(space.slots) or len(p) != len(space.edges):
-        raise UsageError(f"{path} does not match its space '{space.name}'")
-    return space, alphas, p
-
-
-def draw_run(folder):
-    """arch.svg and supernet.svg of a search folder, from its arch_params.json."""
-    space, alphas, p = load_arch_params(os.path.join(folder, "arch_params.json"))
-    arch = derive(space, alphas, p)
-    save_text_atomic(arch_svg(arch), os.path.join(folder, "arch.svg"))
-    save_text_atomic(supernet_svg(space, p, arch["path"]), os.path.join(folder, "supernet.svg"))
-    return arch
-
-
 def main():
-    ap = ArgumentParser(__doc__)
-    ap.add_argument("--arch", help="an arch file to summarise (and draw, with --svg)")
-    ap.add_argument("--run", help="a search folder: derive from its arch_params.json, write arch.svg and supernet.svg")
-    ap.add_argument("--space", default="toy", help=f"else derive from random alpha, beta in this space "
-                                                   f"({', '.join(SPACES)}; default toy)")
-    ap.add_argument("--input-size", type=int, default=224, help="input size for --space (default 224)")
+    ap = Parser(__doc__)
+    ap.add_argument("--space", default="toy", help=f"search space ({', '.join(SPACES)}; default toy)")
+    ap.add_argument("--input-size", type=int, default=224, help="input image size (default 224)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random alpha and beta (default 0)")
-    ap.add_argument("--out", help="write the derived arch file here")
-    ap.add_argument("--svg", help="draw the architecture (Fig. 4 style) to this SVG file")
-    ap.add_argument("--supernet-svg", help="draw the super network with p and the Viterbi path (not with --arch)")
+    ap.add_argument("--json", action="store_true", help="print the derived arch file as JSON")
     args = ap.parse_args()
-    check_ranges(args, {"seed": (0, 2**32 - 1, False)})
-    for path, what in ((args.out, "--out"), (args.svg, "--svg"), (args.supernet_svg, "--supernet-svg")):
-        if path:
-            output_file(path, what)
-    if args.run and not os.path.isdir(args.run):
-        raise UsageError(f"--run {args.run} is not a folder")
-    space = None
-    if args.run:
-        arch = draw_run(args.run)
-        print(f"wrote {os.path.join(args.run, 'arch.svg')} and {os.path.join(args.run, 'supernet.svg')}")
-    elif args.arch:
-        if args.supernet_svg:
-            raise UsageError("--supernet-svg needs the search's parameters: use --run FOLDER or --space")
-        arch = load_arch(args.arch)
-    else:
-        space = get_space(args.space, args.input_size)
-        alphas, p = random_arch_params(space, torch.Generator().manual_seed(args.seed))
-        arch = derive(space, alphas, p)
-    if "path" in arch:
-        print(f"Viterbi path through the blocks: {' -> '.join(f'B_{i}' for i in arch['path'])}")
+    space = get_space(args.space, args.input_size)
+    if not 0 <= args.seed < 2**63:
+        ap.error(f"--seed must be between 0 and {2**63 - 1}")
+    alphas, p = random_arch_params(space, torch.Generator().manual_seed(args.seed))
+    arch = derive(space, alphas, p)
+    if args.json:
+        print(json.dumps(arch, indent=1))
+        return
+    print(f"Viterbi path through the blocks: {' -> '.join(f'B_{i}' for i in arch['path'])}")
     print(arch_text(arch))
     print(f"FLOPs {sum(op_flops(s) for s in arch_signatures(arch)) / 1e6:.1f}M")
-    if args.out:
-        save_json_atomic(arch, args.out)
-    if args.svg:
-        save_text_atomic(arch_svg(arch), args.svg)
-    if args.supernet_svg and space is not None:
-        save_text_atomic(supernet_svg(space, p, arch["path"]), args.supernet_svg)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run(main)

@@ -1,11 +1,11 @@
-"""bench.py: the active-compute reference computes what the super network computes, and the
+"""studies/bench.py: the active-compute reference computes what the super network computes, and the
 benchmark's JSON line carries every figure. Timings are never asserted."""
 import json
 
 import torch
 import torch.nn.functional as F
 
-import bench
+from studies import bench
 from cost import space_signatures
 from search import sample_candidates
 from supernet import SuperNet, get_space
@@ -77,7 +77,7 @@ def test_bench_prints_every_figure(capsys):
 
 
 def test_timed_reference_copy_computes_what_the_super_network_computes():
-    """The reference that bench.py times (Bench.ref_net: a contiguous copy with stock convolutions and
+    """The reference that studies/bench.py times (Bench.ref_net: a contiguous copy with stock convolutions and
     in-place ReLU6) gives the super network's logits for the same sampled candidates."""
     b = bench.Bench(get_space("toy", 16, 3, 10), torch.device("cpu"), 4)
     g = torch.Generator().manual_seed(2)
@@ -92,7 +92,7 @@ def test_timed_reference_copy_computes_what_the_super_network_computes():
 
 
 def test_gpu_check_runs_every_part_at_toy_scale(capsys):
-    """bench.py --gpu-check, on the CPU at toy sizes: stdout is one JSON line with the benchmark against its
+    """studies/bench.py --gpu-check, on the CPU at toy sizes: stdout is one JSON line with the benchmark against its
     reference, the latency table's build (every operation of the space), a search of at least --search-steps
     steps with that table, and the retraining step of an examples/ arch."""
     bench.main(["--gpu-check", "--device", "cpu", "--space", "toy", "--input-size", "16", "--batch-size", "16",

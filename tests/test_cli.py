@@ -6,6 +6,7 @@ import pytest
 
 import retrain
 import supernet
+from machinery import cli
 
 # a valid toy arch file; every bad case below differs from it in one respect
 VALID = {"space": "toy", "input_size": 32, "in_channels": 3, "num_classes": 10,
@@ -86,19 +87,19 @@ def test_check_arch_refuses_non_positive_widths(case):
     """Arch file: a non-positive stem or last width is a usage error (else retrain.py dies in torch)."""
     arch = copy.deepcopy(VALID)
     BAD_WIDTHS[case](arch)
-    with pytest.raises(supernet.UsageError):
+    with pytest.raises(supernet.InvalidInput):
         supernet.check_arch(arch)
 
 
 def test_load_arch_refuses_a_directory(tmp_path):
     """Arch file: a directory given as --arch is a usage error (else IsADirectoryError escapes)."""
-    with pytest.raises(supernet.UsageError):
-        supernet.load_arch(str(tmp_path))
+    with pytest.raises(supernet.InvalidInput):
+        cli.load_arch(str(tmp_path))
 
 
 def test_space_refuses_non_positive_class_count():
     """Space (supernet.py --num-classes): a negative class count is a usage error (else torch raises)."""
-    with pytest.raises(supernet.UsageError):
+    with pytest.raises(supernet.InvalidInput):
         supernet.get_space("toy", 32, 3, -3)
 
 

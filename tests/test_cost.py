@@ -14,6 +14,7 @@ import cost
 import retrain
 import supernet
 import viterbi
+from machinery import cli
 from strategies import all_paths, chain_path, markov_dags, one_hot_choices, one_hot_params, path_prob
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -261,7 +262,7 @@ def test_count_flops_torchvision_resnet18():
 
 def test_mobilenetv2_arch_file_matches_torchvision():
     """examples/mobilenetv2.json (MobileNetV2-1.0) profiles as torchvision's model: FLOPs and params."""
-    arch = supernet.load_arch(os.path.join(ROOT, "examples", "mobilenetv2.json"))
+    arch = cli.load_arch(os.path.join(ROOT, "examples", "mobilenetv2.json"))
     prof = retrain.profile(arch)
     tv = torchvision.models.mobilenet_v2()
     tv_flops = cost.count_flops(tv, (3, 224, 224))
@@ -287,26 +288,26 @@ def test_check_table_refuses_mismatched_tables(tmp_path):
     """Sec. 3.3 lookup table: a table built for another space / input size / M, or lacking an op, is refused."""
     space, table = space_and_table("toy", 32)
     path = tmp_path / "toy32.json"
-    cost.save_json_atomic(table, str(path))
-    loaded = cost.load_table(str(path))
+    cli.save_json_atomic(table, str(path))
+    loaded = cli.load_table(str(path))
     assert loaded == json.loads(json.dumps(table))
     cost.check_table(loaded, space)  # the right table passes
 
     for other in (supernet.get_space("mbv2", 32, 3, 10), supernet.get_space("toy", 28, 3, 10),
                   supernet.get_space("toy", 32, 3, 10, connect=2)):
-        with pytest.raises(supernet.UsageError):
+        with pytest.raises(supernet.InvalidInput):
             cost.check_table(loaded, other)
 
     missing = sorted(loaded["costs"])[3]
     lacking = dict(loaded, costs={k: v for k, v in loaded["costs"].items() if k != missing})
-    with pytest.raises(supernet.UsageError, match="lacks"):
+    with pytest.raises(supernet.InvalidInput, match="lacks"):
         cost.check_table(lacking, space)
 
 
 def test_arch_cost_needs_measured_ops():
     """Sec. 3.3: FLOPs of a missing op can be counted, a latency table must hold every op of the arch."""
-    arch = supernet.load_arch(os.path.join(ROOT, "examples", "mobilenetv2.json"))
-    with pytest.raises(supernet.UsageError):
+    arch = cli.load_arch(os.path.join(ROOT, "examples", "mobilenetv2.json"))
+    with pytest.raises(supernet.InvalidInput):
         cost.arch_cost(arch, {"metric": "latency", "meta": {}, "costs": {}})
 
 
@@ -316,5 +317,5 @@ def test_load_table_refuses_bad_files(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "nocosts.json").write_text(json.dumps({"metric": "flops", "meta": {}}))
     for name in ("absent.json", "bad.json", "list.json", "nocosts.json"):
-        with pytest.raises(supernet.UsageError):
-            cost.load_table(str(tmp_path / name))
+        with pytest.raises(supernet.InvalidInput):
+            cli.load_table(str(tmp_path / name))

@@ -1,4 +1,4 @@
-"""data.py: splits, determinism of the loaders, and the errors users see."""
+"""machinery/data.py: splits, determinism of the loaders, and the errors users see."""
 import json
 import os
 import shutil
@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-import data
-from data import FileData, TensorData, load_data, make_loader
-from cli import UsageError, run_cli
+from machinery import data
+from machinery.data import FileData, TensorData, load_data, make_loader
+from machinery.cli import UsageError, run_cli
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 
@@ -242,11 +242,11 @@ def test_folder_errors(tmp_path, case, match):
 
 
 def test_cli(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["data.py", "--data", "fake", "--subset", "64"])
+    monkeypatch.setattr(sys, "argv", ["machinery/data.py", "--data", "fake", "--subset", "64"])
     run_cli(data.main)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("fake (search, seed 0): train 64, val 64") and json.loads(out[-1])["train"] == 64
-    monkeypatch.setattr(sys, "argv", ["data.py", "--data", "/nonexistent"])
+    monkeypatch.setattr(sys, "argv", ["machinery/data.py", "--data", "/nonexistent"])
     with pytest.raises(SystemExit) as e:
         run_cli(data.main)
     err = capsys.readouterr().err

@@ -4,9 +4,9 @@ import xml.etree.ElementTree as ET
 
 import torch
 
-from draw import arch_svg, supernet_svg
+from machinery.draw import arch_svg, draw_run, save_arch_params, supernet_svg
 from supernet import arch_ops, get_space
-from viterbi import derive, draw_run, random_arch_params, save_arch_params
+from viterbi import derive, random_arch_params
 
 
 def ids(svg_text):
@@ -30,7 +30,7 @@ def test_both_pictures_hold_every_block_layer_and_edge(tmp_path):
 
 
 def test_a_search_folder_is_drawn_from_its_arch_params(tmp_path):
-    """viterbi.draw_run re-derives the arch from arch_params.json and writes both pictures."""
+    """machinery.draw.draw_run re-derives the arch from arch_params.json and writes both pictures."""
     space = get_space("toy", 32)
     alphas, p = random_arch_params(space, torch.Generator().manual_seed(1))
     save_arch_params(space, alphas, p, str(tmp_path / "arch_params.json"))

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from cost import CostModel, arch_cost, flops_table
-from studies import estimation_experiment
+from studies.estimation import estimation_experiment
 from supernet import get_space
 from viterbi import derive, random_arch_params
 

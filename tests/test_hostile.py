@@ -18,10 +18,10 @@ import time
 import pytest
 import torch
 
-import cli
 import search
-import studies
 from conftest import ROOT
+from machinery import cli
+from studies import random_search
 from test_data import make_folder
 
 TOY = ["--space", "toy", "--data", "fake", "--subset", "64", "--batch-size", "32", "--input-size", "16",
@@ -53,7 +53,7 @@ def snapshot(root):
 
 def invoke(script, argv):
     """A program as its command line runs it, in this process: (exit code, stdout, stderr) via capfd."""
-    module = importlib.import_module(script[:-3])
+    module = importlib.import_module(script[:-3].replace("/", "."))  # studies/__main__.py: studies.__main__
     old = sys.argv
     sys.argv = [script] + argv
     try:
@@ -95,7 +95,7 @@ def world(tmp_path_factory):
         if os.path.isfile(w / "done" / f) and f != cli.LOCK:
             (w / "with_payload" / f).write_bytes((w / "done" / f).read_bytes())
     torch.save({"config": {}, "model": Payload(w / "pwned")}, w / "with_payload" / "checkpoint.pt")
-    studies.main(["random"] + TOY + ["--random", "1", "--epochs", "1", "--target-flops", "0.8M",
+    random_search.main(TOY + ["--random", "1", "--epochs", "1", "--target-flops", "0.8M",
                                      "--out", str(w / "random")])
     folder = make_folder(w / "imgs", classes=3, per_class=20)
     with open(os.path.join(folder, "train", "n01", "broken.JPEG"), "wb") as f:
@@ -137,14 +137,14 @@ def cases(w):
          "--repeats must be"),
         ("latency huge input", "latency.py", ["--space", "toy", "--out", str(w / "t.json"), "--input-size", "5000"],
          2, "input size"),
-        ("estimation scale 0", "studies.py", ["estimation", "--space", "toy", "--samples", "10", "--scale", "0"], 2,
+        ("estimation scale 0", "studies/__main__.py", ["estimation", "--space", "toy", "--samples", "10", "--scale", "0"], 2,
          "--scale must be"),
-        ("estimation samples 2", "studies.py", ["estimation", "--space", "toy", "--samples", "2"], 2,
+        ("estimation samples 2", "studies/__main__.py", ["estimation", "--space", "toy", "--samples", "2"], 2,
          "--samples must be"),
-        ("bench batch 0", "bench.py", ["--space", "toy", "--batch-size", "0"], 2, "--batch-size must be"),
-        ("table1 random 0", "studies.py", ["table1", "--random", "0", "--out", str(w / "t1")], 2, "--random must be"),
-        ("table1 same seeds", "studies.py", ["table1", "--seeds", "1", "1", "--out", str(w / "t1")], 2, "distinct"),
-        ("cost table into a folder", "cost.py", ["--space", "toy", "--table", str(w / "done")], 2, "is a folder"),
+        ("bench batch 0", "studies/bench.py", ["--space", "toy", "--batch-size", "0"], 2, "--batch-size must be"),
+        ("table1 random 0", "studies/__main__.py", ["table1", "--random", "0", "--out", str(w / "t1")], 2, "--random must be"),
+        ("table1 same seeds", "studies/__main__.py", ["table1", "--seeds", "1", "1", "--out", str(w / "t1")], 2, "distinct"),
+        ("cost unknown space", "cost.py", ["--space", "nope"], 2, "unknown space"),
         ("supernet classes 1", "supernet.py", ["--space", "toy", "--num-classes", "1"], 2, "class count"),
         ("supernet connect 0", "supernet.py", ["--space", "toy", "--connect", "0"], 2, "connection number"),
         ("arch too wide", "retrain.py", ["--arch", str(w / "wide.json"), "--profile"], 2, "width"),
@@ -153,16 +153,16 @@ def cases(w):
         ("table nan", *s[:1], s[1] + ["--lut", str(w / "lut_nan.json")], 2, "nan"),
         ("table text", *s[:1], s[1] + ["--lut", str(w / "lut_text.json")], 2, "'fast'"),
         ("table zero", *s[:1], s[1] + ["--lut", str(w / "lut_zero.json")], 2, "is 0,"),
-        ("data batch 0", "data.py", ["--data", "fake", "--batch-size", "0"], 2, "--batch-size must be"),
+        ("data batch 0", "machinery/data.py", ["--data", "fake", "--batch-size", "0"], 2, "--batch-size must be"),
         # 1: untrusted files do not run code
         ("payload weights", "retrain.py", ["--arch", arch, "--eval", "--weights", str(w / "payload.pt")] + RETRAIN,
          2, "could run code"),
         ("payload resume", "search.py", TOY + ["--out", str(w / "with_payload"), "--resume"], 2, "could run code"),
         # 2, 3: folders and resume
         ("into a finished run", "search.py", TOY + ["--out", done], 2, "already holds"),
-        ("random into a search", "studies.py", ["random"] + TOY + ["--random", "2", "--target-flops", "0.8M", "--out",
+        ("random into a search", "studies/__main__.py", ["random"] + TOY + ["--random", "2", "--target-flops", "0.8M", "--out",
                                                                    done], 2, "already holds"),
-        ("random without target", "studies.py", ["random"] + TOY + ["--random", "2", "--out", new], 2,
+        ("random without target", "studies/__main__.py", ["random"] + TOY + ["--random", "2", "--out", new], 2,
          "--target-flops"),
         ("random resumed as a search", "search.py", ["--resume", "--out", str(w / "random")], 2, "holds a random"),
         ("into a hand arch", "search.py", TOY + ["--out", str(w / "hand")], 2, "already holds arch.json"),
@@ -182,10 +182,10 @@ def cases(w):
         ("latency out missing folder", "latency.py", ["--space", "toy", "--out", str(w / "no" / "t.json")], 2,
          "does not exist"),
         ("latency out is a folder", "latency.py", ["--space", "toy", "--out", done], 2, "is a folder"),
-        ("csv into missing folder", "studies.py", ["estimation", "--space", "toy", "--samples", "10", "--csv",
+        ("csv into missing folder", "studies/__main__.py", ["estimation", "--space", "toy", "--samples", "10", "--csv",
                                                    str(w / "no" / "p.csv")], 2, "does not exist"),
-        ("svg onto a folder", "viterbi.py", ["--arch", arch, "--svg", done], 2, "is a folder"),
-        ("run is not a folder", "viterbi.py", ["--run", str(w / "a_file")], 2, "is not a folder"),
+        ("svg onto a folder", "machinery/draw.py", ["--arch", arch, "--svg", done], 2, "is a folder"),
+        ("run is not a folder", "machinery/draw.py", ["--run", str(w / "a_file")], 2, "is not a folder"),
         # 7: smaller
         ("missing weights", "retrain.py", ["--arch", arch, "--eval", "--weights", str(w / "nope.pt")] + RETRAIN, 2,
          "does not exist"),

@@ -18,6 +18,7 @@ import cost
 import latency
 import supernet
 import viterbi
+from machinery import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = dict(batch_size=2, warmup=1, repeats=2)
@@ -61,7 +62,7 @@ def arch_file(toy, tmp_path_factory):
     beta = torch.randn(len(toy.edges), generator=g)
     p = torch.cat([F.softmax(beta[a:b], 0) for a, b in toy.out_edge_ranges])
     path = str(tmp_path_factory.mktemp("arch") / "arch.json")
-    cost.save_json_atomic(viterbi.derive(toy, alphas, p), path)
+    cli.save_json_atomic(viterbi.derive(toy, alphas, p), path)
     return path
 
 
@@ -74,10 +75,10 @@ def clis(lut, arch_file, tmp_path_factory):
     dropped = sorted(table["costs"])[::21][:5]
     partial = dict(table, costs={s: c for s, c in table["costs"].items() if s not in dropped})
     resumed = str(d / "resume.json")
-    cost.save_json_atomic(partial, resumed)
+    cli.save_json_atomic(partial, resumed)
     # refusal: a table measured at another batch size sits at --out
     other = str(d / "other.json")
-    cost.save_json_atomic(dict(table, meta=dict(table["meta"], batch_size=4)), other)
+    cli.save_json_atomic(dict(table, meta=dict(table["meta"], batch_size=4)), other)
     with open(other, "rb") as f:
         other_bytes = f.read()
     runs = run_clis({
@@ -116,9 +117,9 @@ def test_check_table_accepts_own_space_only(toy, lut):
     """cost.check_table: the table fits its own space, not another input size or connection number M."""
     _, table = lut
     cost.check_table(table, toy)
-    with pytest.raises(supernet.UsageError, match="input_size"):
+    with pytest.raises(supernet.InvalidInput, match="input_size"):
         cost.check_table(table, supernet.get_space("toy", 28))
-    with pytest.raises(supernet.UsageError, match="connect"):
+    with pytest.raises(supernet.InvalidInput, match="connect"):
         cost.check_table(table, supernet.get_space("toy", 32, connect=toy.connect - 1))
 
 
@@ -136,7 +137,7 @@ def test_table_fits_other_data_of_its_space(toy, lut):
     for sig, source in priced.items():
         assert math.isclose(table["costs"][sig], table["costs"][source] * cost.op_flops(sig) / cost.op_flops(source))
     assert cost.check_table(table, toy) == {}  # its own data: nothing to price
-    with pytest.raises(supernet.UsageError, match="input_size"):
+    with pytest.raises(supernet.InvalidInput, match="input_size"):
         cost.check_table(table, supernet.get_space("toy", 28, 1, 4))
 
 
@@ -157,13 +158,13 @@ def test_other_meta_refused_in_process(toy, lut, tmp_path):
     """A table measured with other settings is not resumed; --force measures afresh over it."""
     _, table = lut
     out = str(tmp_path / "t.json")
-    cost.save_json_atomic(dict(table, meta=dict(table["meta"], input_size=28)), out)
+    cli.save_json_atomic(dict(table, meta=dict(table["meta"], input_size=28)), out)
     dev, name = latency.get_device("cpu")
-    with pytest.raises(supernet.UsageError, match="input_size"):
+    with pytest.raises(supernet.InvalidInput, match="input_size"):
         latency.build_table(toy, dev, name, out, **SETTINGS)
     # a FLOPs table at --out is not a latency table either
-    cost.save_json_atomic(cost.flops_table(toy), out)
-    with pytest.raises(supernet.UsageError, match="metric"):
+    cli.save_json_atomic(cost.flops_table(toy), out)
+    with pytest.raises(supernet.InvalidInput, match="metric"):
         latency.build_table(toy, dev, name, out, **SETTINGS)
     threads = torch.get_num_threads()
     try:
@@ -171,20 +172,20 @@ def test_other_meta_refused_in_process(toy, lut, tmp_path):
         latency.build_table(toy, dev, name, out, batch_size=2, warmup=0, repeats=1, force=True)
     finally:
         torch.set_num_threads(threads)
-    fresh = cost.load_table(out)
+    fresh = cli.load_table(out)
     assert fresh["metric"] == "latency_ms" and set(fresh["costs"]) == set(table["costs"])
 
 
 def test_arch_table_must_match(lut, arch_file):
     """--arch --lut: the table's input size and batch size must be the arch's and the run's."""
     _, table = lut
-    arch = supernet.load_arch(arch_file)
+    arch = cli.load_arch(arch_file)
     latency.check_arch_table(table, arch, 2, "t")
-    with pytest.raises(supernet.UsageError, match="batch size"):
+    with pytest.raises(supernet.InvalidInput, match="batch size"):
         latency.check_arch_table(table, arch, 32, "t")
-    with pytest.raises(supernet.UsageError, match="input size"):
+    with pytest.raises(supernet.InvalidInput, match="input size"):
         latency.check_arch_table(table, dict(arch, input_size=28), 2, "t")
-    with pytest.raises(supernet.UsageError, match="not a latency table"):
+    with pytest.raises(supernet.InvalidInput, match="not a latency table"):
         latency.check_arch_table(dict(table, metric="flops"), arch, 2, "t")
 
 
@@ -228,7 +229,7 @@ def test_arch_compares_network_with_table(clis):
 
 def test_arch_measures_its_own_ops(arch_file):
     """--arch without --lut: the prediction comes from the arch's own operations, measured on the spot."""
-    arch = supernet.load_arch(arch_file)
+    arch = cli.load_arch(arch_file)
     threads = torch.get_num_threads()
     try:
         dev, name = latency.get_device("cpu", threads=1)

@@ -10,7 +10,7 @@ import itertools
 import torch
 import torch.nn as nn
 
-import studies
+from studies import random_search
 from cost import CostModel, arch_cost, flops_table
 from retrain import ArchNet
 from search import Objective, arch_step, sample_candidates, set_trainable
@@ -97,7 +97,7 @@ def test_zero_lambda_recovers_the_network_that_made_the_labels():
     net = frozen_supernet(space, 0)
     with torch.no_grad():
         net.classifier.weight.mul_(100)  # sharp teacher logits: the target's labels are unambiguous
-    target_alphas, target_p = studies.random_arch(space, torch.Generator().manual_seed(3))
+    target_alphas, target_p = random_search.random_arch(space, torch.Generator().manual_seed(3))
     target = derive(space, target_alphas, target_p)
     samples = {slot: [int(a.argmax())] for slot, a in enumerate(target_alphas)}
     assert derive_supernet(net) != target  # the random start is not the answer

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT
-from cli import save_json_atomic
-from cost import arch_cost, load_table
+from cost import arch_cost
+from machinery.cli import load_table, save_json_atomic
 from supernet import get_space
 from viterbi import derive
 

@@ -19,12 +19,14 @@ from PIL import Image
 
 from conftest import ROOT
 from test_data import make_folder
-from cli import run_cli, save_json_atomic
+from machinery import cli
+from machinery.cli import run_cli, save_json_atomic
 from cost import CostModel, arch_cost, flops_table
 from retrain import profile
 import search
 from search import rebias, sample_candidates
 import supernet
+from studies import random_search
 from supernet import BasicLayer, get_space
 
 TOY = ["search.py", "--space", "toy", "--data", "fake", "--subset", "64", "--batch-size", "32",
@@ -240,8 +242,8 @@ def test_settings_are_the_flags_after_a_presets_then_the_spaces_defaults(tmp_pat
         tuple(search.DEFAULTS["resnet"][k] for k in ("epochs", "warmup_epochs", "lam", "tau", "batch_size"))
     rnd = ["--random", "2", "--target-flops", "1M"]
     assert [(a.epochs, a.warmup_epochs, a.out) for a in (
-        search.parse_args(rnd, random=True), search.parse_args(rnd + ["--preset", "laptop"], random=True),
-        search.parse_args(rnd + ["--preset", "laptop", "--epochs", "2"], random=True))] == [
+        random_search.parse_args(rnd), random_search.parse_args(rnd + ["--preset", "laptop"]),
+        random_search.parse_args(rnd + ["--preset", "laptop", "--epochs", "2"]))] == [
         (5, 0, os.path.join("runs", "random-mbv2")), (11, 0, os.path.join("runs", "laptop-random")),
         (2, 0, os.path.join("runs", "laptop-random"))]
     out = str(tmp_path / "run")
@@ -251,5 +253,5 @@ def test_settings_are_the_flags_after_a_presets_then_the_spaces_defaults(tmp_pat
         back = search.parse_args(["--resume", "--out", out] + again)
         plain = json.loads(json.dumps(vars(short) | {"out": out}))  # as args.json holds them
         assert json.loads(json.dumps(vars(back))) == plain | {"resume": True}
-    with pytest.raises(search.UsageError, match="--epochs 3"):
+    with pytest.raises(cli.UsageError, match="--epochs 3"):
         search.parse_args(["--resume", "--out", out, "--epochs", "4"])

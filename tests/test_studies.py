@@ -1,4 +1,4 @@
-"""studies.py: the random-search baseline and Table 1 (searched against random networks at equal FLOPs), at a toy
+"""studies/: the random-search baseline and Table 1 (searched against random networks at equal FLOPs), at a toy
 scale here."""
 import json
 import statistics
@@ -6,11 +6,12 @@ import statistics
 import torch
 from hypothesis import given, settings, strategies as st
 
-import search
-import studies
 from cost import arch_cost, flops_table
+from machinery import options
+from machinery.cli import load_arch
 from retrain import profile
-from supernet import get_space, load_arch
+from studies import random_search, table1
+from supernet import get_space
 from test_search import TOY, run
 from viterbi import derive
 
@@ -19,11 +20,11 @@ def test_table1_compares_searched_and_random_at_equal_flops(tmp_path, monkeypatc
     """Two seeds, two random networks each: every random network lies within 5% of its seed's searched
     FLOPs, all are retrained with the same recipe, the means and stds are those of the runs, the plot
     has a point per run, and a second invocation reuses every finished run."""
-    monkeypatch.setitem(search.PRESETS, "laptop", ["--space", "toy", "--data", "fake", "--subset", "64", "--epochs", "2",
+    monkeypatch.setitem(options.PRESETS, "laptop", ["--space", "toy", "--data", "fake", "--subset", "64", "--epochs", "2",
                                                    "--warmup-epochs", "1", "--batch-size", "32", "--input-size", "16"])
-    monkeypatch.setitem(search.RETRAIN_PRESETS, "laptop", ["--epochs", "1", "--batch-size", "32", "--subset", "64"])
+    monkeypatch.setitem(options.RETRAIN_PRESETS, "laptop", ["--epochs", "1", "--batch-size", "32", "--subset", "64"])
     out = tmp_path / "t1"
-    studies.main(["table1", "--seeds", "0", "1", "--random", "2", "--out", str(out), "--log-every", "100"])
+    table1.main(["--seeds", "0", "1", "--random", "2", "--out", str(out), "--log-every", "100"])
     result = json.loads((out / "table1.json").read_text())
     runs = result["runs"]
     assert [r["kind"] for r in runs] == ["searched", "random", "random"] * 2
@@ -42,7 +43,7 @@ def test_table1_compares_searched_and_random_at_equal_flops(tmp_path, monkeypatc
     svg = (out / "table1.svg").read_text()
     assert svg.count('id="point-searched-') == 2 and svg.count('id="point-random-') == 4
     capsys.readouterr()
-    studies.main(["table1", "--seeds", "0", "1", "--random", "2", "--out", str(out)])
+    table1.main(["--seeds", "0", "1", "--random", "2", "--out", str(out)])
     again = capsys.readouterr().out
     assert "retraining" not in again and "epoch" not in again  # nothing ran twice
     assert json.loads((out / "table1.json").read_text())["runs"] == runs
@@ -54,7 +55,7 @@ def test_random_arch_is_what_derive_returns(seed, name):
     """Random search (Table 1): the one-hot alpha and p of a random draw derive (argmax + Viterbi) into
     exactly the drawn path and candidates; every step of the path is a connection of the space."""
     space = get_space(name, 32, 3, 10)
-    alphas, p = studies.random_arch(space, torch.Generator().manual_seed(seed))
+    alphas, p = random_search.random_arch(space, torch.Generator().manual_seed(seed))
     arch = derive(space, alphas, p)
     path, index = arch["path"], {e: k for k, e in enumerate(space.edges)}
     assert path[0] == 0 and path[-1] == space.n
@@ -68,13 +69,13 @@ def test_random_arch_is_what_derive_returns(seed, name):
 
 
 def test_random_search_keeps_the_flops_window_and_writes_the_best(tmp_path):
-    """studies.py random --random K --target-flops F: every sample lies within 5% of F; the best by validation accuracy
+    """python -m studies random --random K --target-flops F: every sample lies within 5% of F; the best by validation accuracy
     is OUT/arch.json (with its pictures); a target no draw can reach is refused in one line."""
     space = get_space("toy", 16, 3, 10)
     g, table = torch.Generator().manual_seed(0), flops_table(space)
-    target = sorted(arch_cost(derive(space, *studies.random_arch(space, g)), table) for _ in range(50))[25]
+    target = sorted(arch_cost(derive(space, *random_search.random_arch(space, g)), table) for _ in range(50))[25]
     out = tmp_path / "rs"
-    r = run(["studies.py", "random"] + TOY[1:] + ["--random", "3", "--target-flops", str(target), "--epochs", "1",
+    r = run(["-m", "studies", "random"] + TOY[1:] + ["--random", "3", "--target-flops", str(target), "--epochs", "1",
                                               "--out", str(out)])
     assert r.returncode == 0, r.stderr
     records = json.loads((out / "random_search.json").read_text())["records"]
@@ -88,7 +89,7 @@ def test_random_search_keeps_the_flops_window_and_writes_the_best(tmp_path):
     assert (out / "arch.svg").exists() and (out / "supernet.svg").exists()
     log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
     assert [rec["sample"] for rec in log] == [1, 2, 3]
-    far = run(["studies.py", "random"] + TOY[1:] + ["--random", "3", "--target-flops", "1G", "--out",
+    far = run(["-m", "studies", "random"] + TOY[1:] + ["--random", "3", "--target-flops", "1G", "--out",
                                                    str(tmp_path / "far")])
     assert far.returncode == 2 and len(far.stderr.strip().splitlines()) == 1 and "1000.00M" in far.stderr
     assert not (tmp_path / "far").exists()

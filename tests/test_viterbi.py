@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 import retrain
 import supernet
 import viterbi
+from machinery import cli
 from strategies import all_paths, chain_path, markov_dags, one_hot_choices, one_hot_params, path_prob, spaces
 
 
@@ -156,7 +157,7 @@ def test_published_resnets_profile_to_table3(name):
     """examples/densenas_r*.json (Table 6: the last 512-wide block feeds pooling, no ending conv) count the
     params and FLOPs of Table 3 to the figures' precision; R1 and R2 are networks of the ResNet space that
     derive() returns for one-hot alpha and p on their path; R3 swaps in bottlenecks (Sec. 4.2), outside it."""
-    arch = supernet.load_arch(f"examples/{name}.json")
+    arch = cli.load_arch(f"examples/{name}.json")
     prof, (params, flops) = retrain.profile(arch), TABLE3_RESNETS[name]
     assert abs(prof["params"] - params) < 0.05e6 and abs(prof["flops"] - flops) < 0.005e9
     assert arch["last"] is None and arch["blocks"][-1]["out"] in (512, 4 * 512)  # R3: a bottleneck's 4x

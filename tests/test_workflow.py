@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-import runtime
+import latency
 import search
+from machinery import options, runtime
 from conftest import ROOT
 from cost import space_signatures
 from supernet import get_space
@@ -84,7 +85,7 @@ def test_readme_gpu_workflow_runs_as_written(workflows, source):
     workdir, runs = workflows[source]
     search_own, retrain, evaluate, table, search_lut = runs
     own = os.path.join(workdir, "runs", "mbv2")
-    measured = json.load(open(os.path.join(own, search.LATENCY_TABLE)))
+    measured = json.load(open(os.path.join(own, latency.RUN_TABLE)))
     assert measured["metric"] == "latency_ms" and measured["meta"]["space"] == "toy"
     assert set(measured["costs"]) == set(space_signatures(get_space("toy", 32, 3, 10 if source == "fake" else 4)))
     log = [json.loads(line) for line in open(os.path.join(own, "search_log.jsonl"))]
@@ -98,15 +99,15 @@ def test_readme_gpu_workflow_runs_as_written(workflows, source):
 
 
 def test_resumed_search_does_not_measure_again(workflows, monkeypatch, capsys):
-    """--resume reuses OUT/latency_table.json: resolve_table measures nothing (timing an op would fail)."""
+    """--resume reuses OUT/latency_table.json: options.cost_table measures nothing (timing an op would fail)."""
     workdir, _ = workflows["fake"]
     out = os.path.join(workdir, "runs", "mbv2")
-    before = open(os.path.join(out, search.LATENCY_TABLE)).read()
+    before = open(os.path.join(out, latency.RUN_TABLE)).read()
     monkeypatch.setattr("latency.op_latency", lambda *a: pytest.fail("measured an operation again"))
     args = search.parse_args(["--space", "toy", "--data", "fake", "--cost", "latency", "--out", out, "--resume"])
-    table = search.resolve_table(args, get_space("toy", 32, 3, 10), torch.device("cpu"))
+    table = options.cost_table(args, get_space("toy", 32, 3, 10), runtime.Proc(0, 1, torch.device("cpu"), 0, False))
     assert table["metric"] == "latency_ms" and "measuring 0" in capsys.readouterr().out
-    assert json.loads(open(os.path.join(out, search.LATENCY_TABLE)).read())["costs"] == json.loads(before)["costs"]
+    assert json.loads(open(os.path.join(out, latency.RUN_TABLE)).read())["costs"] == json.loads(before)["costs"]
 
 
 @pytest.mark.parametrize("space, cuda, lut, want", [
@@ -125,7 +126,7 @@ def test_default_cost(monkeypatch, capsys, tmp_path, space, cuda, lut, want):
     assert args.cost == want
     assert search.parse_args(["--space", space, "--cost", "flops"]).cost == "flops"
     if space == "mbv2" and not cuda and not lut:
-        search.check_run(args)
+        options.check_search(args)
         said = [line for line in capsys.readouterr().out.splitlines() if "FLOPs" in line]
         assert len(said) == 1 and "latency" in said[0]
         assert not os.path.exists(tmp_path / "run")  # nothing written before the run starts

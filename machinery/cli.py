@@ -1,11 +1,12 @@
 """What every program shares at its edges, so that each refuses bad input the same way.
 
-This file exists so that the search space, the cost model and the programs do not each carry their own
-error handling: a refusal is one line and exit code 2 (UsageError, ArgumentParser, run_cli); numbers are
-checked for range and finiteness before any work (check_range); a file given by the user is read only if
-it is a regular file, and a checkpoint only as tensors and plain values (read_json, load_checkpoint); every
-file is written through a temp file and a rename (save_json_atomic, save_atomic); and a run folder belongs
-to one live run (claim_folder). Ctrl-C ends a program with one line and exit code 130.
+A refusal is one line and exit code 2 (UsageError, ArgumentParser, run_cli; the paper's modules raise
+supernet.InvalidInput, which is printed the same way); numbers are checked for range and finiteness as
+argparse reads them (the type callables `integer` and `number`); a file given by the user is read only if
+it is a regular file, and a checkpoint only as tensors and plain values (read_json, load_checkpoint,
+load_arch, load_table); every file is written through a temp file and a rename (save_json_atomic,
+save_atomic); and a run folder belongs to one live run (claim_folder). Ctrl-C ends a program with one line
+and exit code 130.
 """
 import argparse
 import ctypes
@@ -21,20 +22,20 @@ import sys
 
 import torch
 
+from cost import check_costs
+from supernet import InvalidInput, Parser, check_arch, run
 
-class UsageError(ValueError):
+
+class UsageError(InvalidInput):
     """Bad input from the user: the programs print it as one line and exit with code 2."""
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with a usage error printed as one line (exit code 2) instead of the whole usage block."""
-
-    def __init__(self, description=None, **kw):
-        super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+class ArgumentParser(Parser):
+    """supernet.Parser (a usage error is one line, exit code 2); a value refused by a type callable below is
+    said as "--flag must be ...", and `given` tells which flags the command line wrote."""
 
     def error(self, message):
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
+        super().error(re.sub(r"^argument (-\S+?)(/\S+)?: (?=must be)", r"\1 ", message))
 
     def given(self, argv=None):
         """The destinations of the flags written on the command line (not their defaults)."""
@@ -52,10 +53,7 @@ def run_cli(main):
     """Run a program: a UsageError is one line and exit 2; Ctrl-C one line and exit 130; a failed write (a
     full disk, a lost folder) one line and exit 1."""
     try:
-        main()
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        run(main)  # supernet.run: InvalidInput (and so UsageError) is one line and exit 2
     except KeyboardInterrupt:
         print("interrupted: what was saved is kept (a run continues with --resume)", file=sys.stderr)
         sys.exit(130)
@@ -70,26 +68,37 @@ def run_cli(main):
 # ----------------------------------------------------------------------------------------
 # Numbers
 
-def check_range(flag, value, low=None, high=None, low_open=False, integer=False):
-    """Refuse a value that is not finite or lies outside [low, high] (low excluded with low_open)."""
-    if value is None:
-        return
-    bad = isinstance(value, float) and not math.isfinite(value)
-    bad = bad or (low is not None and (value <= low if low_open else value < low))
-    bad = bad or (high is not None and value > high)
-    if bad:
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-        hi = "" if high is None else f"<= {high}"
-        raise UsageError(f"{flag} must be {'an integer' if integer else 'a finite number'} "
-                         f"{' and '.join(x for x in (lo, hi) if x)}, got {value}")
+def ranged(kind, low=None, high=None, low_open=False):
+    """An argparse type: a `kind` (int or float) that is finite and lies in [low, high] (low excluded with
+    low_open). It also takes a value already parsed, as --resume restores from args.json."""
+    what = "an integer" if kind is int else "a finite number"
+    bounds = " and ".join(x for x in ("" if low is None else f"{'>' if low_open else '>='} {low}",
+                                      "" if high is None else f"<= {high}") if x)
+
+    def parse(text):
+        try:
+            value = kind(text) if isinstance(text, str) else text
+        except ValueError:
+            value = None
+        bad = (not isinstance(value, (int, float)) or isinstance(value, bool) or (kind is int and isinstance(value, float))
+               or not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low))
+               or (high is not None and value > high))
+        if bad:
+            raise argparse.ArgumentTypeError(f"must be {what} {bounds}, got {text}".replace("  ", " "))
+        return value
+    parse.__name__, parse.ranged = kind.__name__, True
+    return parse
 
 
-def check_ranges(args, rules):
-    """check_range for every rule {dest: (low, high, low_open)} on args (flags named after their dest)."""
-    for dest, (low, high, low_open) in rules.items():
-        v = getattr(args, dest, None)
-        for x in (v if isinstance(v, (list, tuple)) else [v]):
-            check_range("--" + dest.replace("_", "-"), x, low, high, low_open, isinstance(x, int))
+def integer(low=None, high=None):
+    return ranged(int, low, high)
+
+
+def number(low=None, high=None, low_open=False):
+    return ranged(float, low, high, low_open)
+
+
+SEED = integer(0, 2**32 - 1)
 
 
 # ----------------------------------------------------------------------------------------
@@ -129,6 +138,22 @@ def load_checkpoint(path, what="checkpoint"):
     except Exception as e:  # any unreadable file is the user's problem to hear about, in one line
         raise UsageError(f"{what} {path} cannot be read ({type(e).__name__}); it is corrupt or not a "
                          f"{what}") from None
+
+
+def load_arch(path):
+    """An arch file (supernet.py says what it holds), checked by supernet.check_arch."""
+    arch = read_json(path, "arch file")
+    if not isinstance(arch, dict):
+        raise UsageError(f"arch file {path} does not hold a JSON object")
+    check_arch(arch)
+    return arch
+
+
+def load_table(path):
+    """A cost table file (cost.py says what it holds), checked by cost.check_costs."""
+    table = read_json(path, "cost table")
+    check_costs(table, path)
+    return table
 
 
 # ----------------------------------------------------------------------------------------
@@ -179,6 +204,8 @@ def save_atomic(obj, path):
 
 SETTINGS = "args.json"  # a run's settings, written when it starts; --resume restores them
 CHECKPOINT = "checkpoint.pt"
+SEARCH_LOG = "search_log.jsonl"  # a search's record of every epoch (the random baseline's: of every sample)
+SPLIT = "split.json"  # which ImageFolder images a search trains on and which it validates on
 LOCK = ".lock"
 _held = {}  # folder -> its open lock file: the lock lasts as long as this process
 
@@ -240,21 +267,49 @@ def claim_folder(out):
             os.remove(os.path.join(out, name))
 
 
-def restore_settings(args, given, out, changeable=("resume", "out", "log_every", "workers", "check_sync")):
-    """--resume: every setting of the run in OUT comes back from its args.json; a flag on the command line
-    that contradicts it is refused (the ones in `changeable` only steer this process)."""
+def restore_settings(ap, argv, args, out, changeable=("resume", "out", "log_every", "workers", "check_sync")):
+    """--resume: every setting of the run in OUT comes back from its args.json, checked as its flag's type checks
+    it; a flag on the command line (argv) that contradicts it is refused (the ones in `changeable` only steer
+    this process)."""
     require_run(out)
     if not os.path.isfile(os.path.join(out, SETTINGS)):
         return  # a run of an older version: its settings are the flags given, compared with its checkpoint
-    saved = read_settings(out)
+    saved, given = read_settings(out), ap.given(argv)
+    types = {a.dest: a.type for a in ap._actions if getattr(a.type, "ranged", False)}
     for key, value in saved.items():
         if key in changeable or not hasattr(args, key):
             continue
-        mine = json.loads(json.dumps(getattr(args, key)))
+        flag = "--" + key.replace("_", "-")
+        mine = plain(getattr(args, key))
         if key in given and mine != value:
-            raise UsageError(f"the run in {out} has --{key.replace('_', '-')} {value}, this command says {mine}; "
-                             "drop the flag to resume it")
+            raise UsageError(f"the run in {out} has {flag} {value}, this command says {mine}; drop the flag to "
+                             "resume it")
+        if key in types and value is not None:
+            for v in value if isinstance(value, list) else [value]:
+                try:
+                    types[key](v)
+                except argparse.ArgumentTypeError as e:
+                    raise UsageError(f"{os.path.join(out, SETTINGS)}: {flag} {e}") from None
         setattr(args, key, value)
+
+
+def plain(value):
+    """A setting as args.json holds it (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def keep_log_before(path, last, key="epoch"):
+    """On resume, drop log lines of epochs (samples) the checkpoint does not hold (a kill may fall between the two)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip() and json.loads(ln)[key] <= last]
+    save_text_atomic("".join(lines), path)
+
+
+def append_line(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def read_settings(out):

@@ -38,8 +38,8 @@ the allocation and free records of PyTorch's CPU allocator, taken with torch.pro
 (e.g. library scratch buffers) is not seen. It is measured in separate, untimed steps on the
 first --mem-steps samples; the figure is the largest of them.
 
-    python bench.py --space mbv2 --input-size 64 --batch-size 32 --device cpu
-    python bench.py --space mbv2 --device cuda --batch-size 64 --steps 50
+    python -m studies.bench --space mbv2 --input-size 64 --batch-size 32 --device cpu
+    python -m studies.bench --space mbv2 --device cuda --batch-size 64 --steps 50
 
 The last line of stdout is one JSON object with every figure and the settings.
 """
@@ -58,15 +58,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import latency
-import runtime
 import search
-from cli import ArgumentParser, UsageError, check_ranges, run_cli
 from cost import CostModel, flops_table
-from data import FAKE_SIZES
 from latency import get_device
+from machinery import runtime
+from machinery.cli import SEED, ArgumentParser, UsageError, integer, load_arch, run_cli
+from machinery.data import FAKE_SIZES
+from machinery.walkthrough import read_log
 from retrain import ArchNet, sgd_steps
 from search import DEFAULTS, UNITS, Objective, arch_step, sample_candidates, set_trainable, weight_step
-from supernet import SPACES, SuperNet, add_all, get_space, load_arch
+from supernet import SPACES, SuperNet, add_all, get_space
 
 TARGETS = {"speed-up": 1.5, "memory": 1.3}  # reference time / super network time at least; memory ratio at most
 
@@ -291,26 +292,26 @@ def main(argv=None):
     ap.add_argument("--space", default="mbv2", help=f"search space ({', '.join(SPACES)}; default mbv2)")
     ap.add_argument("--input-size", type=int, default=None, help="input image size (default 64; 224 with --gpu-check)")
     ap.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000)")
-    ap.add_argument("--batch-size", type=int, default=None,
+    ap.add_argument("--batch-size", type=integer(1, 4096), default=None,
                     help="images per step (default 32; with --gpu-check 88, the paper's 352 over 4 GPUs)")
     ap.add_argument("--device", default=None, help="cpu or cuda[:k] (default cpu; cuda with --gpu-check)")
     ap.add_argument("--amp", action="store_true", help="the super network's steps in bf16 autocast on CUDA, as "
                                                        "search.py --amp (the reference stays float32)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps of each network per step kind (default 20)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps before them (default 3)")
-    ap.add_argument("--mem-steps", type=int, default=2,
+    ap.add_argument("--threads", type=integer(1, 1024), default=None, help="torch CPU threads (default: torch's own)")
+    ap.add_argument("--steps", type=integer(1, 10**5), default=20, help="timed steps of each network per step kind (default 20)")
+    ap.add_argument("--warmup", type=integer(0, 10**5), default=3, help="untimed steps before them (default 3)")
+    ap.add_argument("--mem-steps", type=integer(1), default=2,
                     help="samples whose peak memory is measured, in extra untimed steps (default 2)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the weights, the batch and the samples (default 0)")
+    ap.add_argument("--seed", type=SEED, default=0, help="seed of the weights, the batch and the samples (default 0)")
     g = ap.add_argument_group("the GPU check (README, 'Checking a GPU machine')")
     g.add_argument("--gpu-check", action="store_true",
                    help="on one GPU, run the real paths at real sizes and print one JSON line: this benchmark at "
                         "224 px, batch 88, bf16 autocast; the latency table's build; --search-steps steps of "
                         "search.py on synthetic 224 px data with that table; the retraining step of --arch")
-    g.add_argument("--search-steps", type=int, default=300, help="search steps of the check (default 300)")
+    g.add_argument("--search-steps", type=integer(1, 10**6), default=300, help="search steps of the check (default 300)")
     g.add_argument("--arch", default=os.path.join("examples", "mobilenetv2.json"),
                    help="the arch whose retraining step the check times (default examples/mobilenetv2.json)")
-    g.add_argument("--retrain-batch", type=int, default=128,
+    g.add_argument("--retrain-batch", type=integer(1, 4096), default=128,
                    help="its per-GPU batch (default 128, the paper's 1024 over 8 GPUs)")
     args = ap.parse_args(argv)
     check = args.gpu_check
@@ -319,9 +320,6 @@ def main(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.amp = args.amp or check
-    check_ranges(args, {"batch_size": (1, 4096, False), "steps": (1, 10**5, False), "threads": (1, 1024, False),
-                        "mem_steps": (1, None, False), "search_steps": (1, 10**6, False), "warmup": (0, 10**5, False),
-                        "retrain_batch": (1, 4096, False), "seed": (0, 2**32 - 1, False)})
     if args.mem_steps > args.steps:
         raise UsageError(f"--mem-steps {args.mem_steps} exceeds --steps {args.steps}")
     return gpu_check(args) if check else bench(args)
@@ -450,7 +448,7 @@ def check_parts(args):
                      "--batch-size", str(args.batch_size), "--epochs", str(epochs), "--warmup-epochs", str(warm),
                      "--eval-from", str(epochs), "--lut", lut, "--out", run, "--log-every", "30"]
                     + (["--gpus", "1", "--amp"] if cuda else []))
-        log = search.read_log(run)
+        log = read_log(run)
         out["search"] = {"steps": steps, "epochs": epochs, "wall_s": time.time() - t0,
                          "epoch_s": sum(r["seconds"] for r in log if "seconds" in r),
                          "train_img_s": log[-1]["train_img_s"], "val_acc": log[-1].get("val_acc"),
@@ -473,7 +471,7 @@ def retrain_step(arch, dev, batch_size, amp, steps):
 
     def run(n):
         bar = runtime.Progress("retrain", n, batch_size, enabled=False)
-        sgd_steps(net, [batch] * n, opt, criterion, lambda step: 0.1, 0, autocast, bar)
+        sgd_steps(net, [batch] * n, opt, criterion, None, autocast, bar)
     run(2)  # kernels chosen and momentum buffers made before timing
     seconds = timed(lambda: run(steps), dev)
     return {"arch": arch.get("space"), "batch_size": batch_size, "img_s": steps * batch_size / seconds,

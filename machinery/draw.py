@@ -1,5 +1,4 @@
-"""Pictures of a search, as plain SVG text (no plotting package): drawing is its own concern,
-so it lives here; `python viterbi.py --arch FILE --svg OUT.svg` and `--run FOLDER` call it.
+"""Pictures of a search, as plain SVG text (no plotting package), and the file they are drawn from.
 
 - arch_svg: the derived network drawn like the paper's Fig. 4: one rectangle per layer, its
   height growing with the channel count, coloured by operation, a dashed box per block,
@@ -7,14 +6,23 @@ so it lives here; `python viterbi.py --arch FILE --svg OUT.svg` and `--run FOLDE
 - supernet_svg: the routing blocks of the super network by stage and resolution, every
   connection drawn with a stroke proportional to its path probability p_ij (Eq. 3), and the
   Viterbi path (Algorithm 1) highlighted.
-- scatter_svg: points of several named series against two axes (studies.py table1: test accuracy
+- scatter_svg: points of several named series against two axes (studies/table1.py: test accuracy
   against FLOPs of searched and random networks), with a legend.
 Every block, layer and edge element carries an id (block-J, layer-K, edge-I-J) so tests can find it.
+- arch_params.json: alpha and p of a search, written after every epoch; what --run draws from.
+
+    python -m machinery.draw --run SEARCH_FOLDER         draw OUT/arch.svg and OUT/supernet.svg of a search
+    python -m machinery.draw --arch FILE [--svg OUT.svg]  summarise (and draw) an arch file
 """
 import math
+import os
 from html import escape
 
-from supernet import arch_ops
+from cost import op_flops
+from machinery.cli import (ArgumentParser, UsageError, load_arch, output_file, read_json, run_cli, save_json_atomic,
+                           save_text_atomic)
+from supernet import arch_ops, arch_signatures, arch_text, get_space
+from viterbi import derive
 
 COLOURS = {  # kernel size picks the hue, expansion the shade
     "mbconv_k3_e3": "#9ecae1", "mbconv_k3_e6": "#3182bd", "mbconv_k5_e3": "#a1d99b", "mbconv_k5_e6": "#31a354",
@@ -142,10 +150,64 @@ def scatter_svg(series, xlabel, ylabel, title):
     return _svg(left + w + 120, top + h + 50, body)
 
 
+# ----------------------------------------------------------------------------------------
+# The file a search's pictures are drawn from
+
+def save_arch_params(space, alphas, p, path):
+    """alpha and p of a search, with what rebuilds its space: what `--run` draws the super network from."""
+    save_json_atomic({"space": space.name, "input_size": space.input_size, "in_channels": space.in_channels,
+                      "num_classes": space.num_classes, "connect": space.connect,
+                      "alphas": [[float(v) for v in a] for a in alphas], "p": [float(v) for v in p]}, path)
+
+
+def load_arch_params(path):
+    d = read_json(path, "arch params (search.py writes them after every epoch)")
+    try:
+        space = get_space(d["space"], d["input_size"], d["in_channels"], d["num_classes"], d["connect"])
+        alphas, p = d["alphas"], d["p"]
+    except (KeyError, TypeError):
+        raise UsageError(f"{path} is not an arch_params.json written by search.py") from None
+    if len(alphas) != len(space.slots) or len(p) != len(space.edges):
+        raise UsageError(f"{path} does not match its space '{space.name}'")
+    return space, alphas, p
+
+
+def draw_search(folder, space, p, arch):
+    """arch.svg (the derived network) and supernet.svg (p and the Viterbi path) of a search, into its folder."""
+    save_text_atomic(arch_svg(arch), os.path.join(folder, "arch.svg"))
+    save_text_atomic(supernet_svg(space, p, arch["path"]), os.path.join(folder, "supernet.svg"))
+
+
+def draw_run(folder):
+    """draw_search for a search folder, from its arch_params.json."""
+    space, alphas, p = load_arch_params(os.path.join(folder, "arch_params.json"))
+    arch = derive(space, alphas, p)
+    draw_search(folder, space, p, arch)
+    return arch
+
+
 def main():
-    print(__doc__)
-    print("use: python viterbi.py --arch FILE --svg OUT.svg   or   python viterbi.py --run SEARCH_FOLDER")
+    ap = ArgumentParser(__doc__)
+    ap.add_argument("--run", help="a search folder: derive from its arch_params.json, write arch.svg and supernet.svg")
+    ap.add_argument("--arch", help="an arch file to summarise (and draw, with --svg)")
+    ap.add_argument("--svg", help="with --arch: draw the architecture (Fig. 4 style) to this SVG file")
+    args = ap.parse_args()
+    if bool(args.run) == bool(args.arch):
+        raise UsageError("give one of --run FOLDER and --arch FILE")
+    if args.svg:
+        output_file(args.svg, "--svg")
+    if args.run:
+        if not os.path.isdir(args.run):
+            raise UsageError(f"--run {args.run} is not a folder")
+        arch = draw_run(args.run)
+        print(f"wrote {os.path.join(args.run, 'arch.svg')} and {os.path.join(args.run, 'supernet.svg')}")
+    else:
+        arch = load_arch(args.arch)
+    print(arch_text(arch))
+    print(f"FLOPs {sum(op_flops(s) for s in arch_signatures(arch)) / 1e6:.1f}M")
+    if args.svg:
+        save_text_atomic(arch_svg(arch), args.svg)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

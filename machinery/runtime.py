@@ -7,9 +7,8 @@ all-reduce instead (average_gradients): every step trains either the weights or 
 different sampled sub-network, and DDP fixes the parameters it reduces when it wraps the model.
 Either way rank 0's buffers (BN statistics) reach every rank, so all ranks hold identical parameters.
 
-    python runtime.py     prints what this machine offers (devices, threads, backends)
+    python -m machinery.runtime     prints what this machine offers (devices, threads, backends)
 """
-import math
 import os
 import socket
 import sys
@@ -20,8 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cli import UsageError, die_with_parent
-from data import make_loader
+from machinery.cli import UsageError, die_with_parent, integer
+from machinery.data import make_loader
 
 # A super network runs hundreds of distinct convolution shapes (every candidate of every layer, forward and
 # backward), more than oneDNN's default cache of 1,024 compiled CPU kernels holds, so without this it rebuilds
@@ -60,19 +59,16 @@ class Proc:
 
 def add_device_args(ap):
     g = ap.add_argument_group("devices and distribution")
-    g.add_argument("--gpus", type=int, default=0, help="train on N GPUs, one process each, NCCL (default 0: CPU)")
-    g.add_argument("--procs", type=int, default=1, help="on the CPU: N processes with gloo (default 1)")
+    g.add_argument("--gpus", type=integer(0, 256), default=0, help="train on N GPUs, one process each, NCCL (default 0: CPU)")
+    g.add_argument("--procs", type=integer(1, 256), default=1, help="on the CPU: N processes with gloo (default 1)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
-    g.add_argument("--workers", type=int, default=None, help="data-loading workers per process (default 4 on CUDA, 0 on CPU)")
+    g.add_argument("--workers", type=integer(0, 256), default=None, help="data-loading workers per process (default 4 on CUDA, 0 on CPU)")
     g.add_argument("--check-sync", action="store_true",
                    help="verify that all ranks hold identical parameters (after every step or epoch; slow; for tests)")
 
 
 def under_torchrun():
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
-
-
-DEVICE_RANGES = {"gpus": (0, 256, False), "procs": (1, 256, False), "workers": (0, 256, False)}
 
 
 def check_batch(args):
@@ -239,12 +235,6 @@ def all_reduce_sum(values, device):
 def barrier():
     if world_size() > 1:
         dist.barrier()
-
-
-def cosine_lr(step, total, lr_max, lr_min):
-    """Cosine annealing from lr_max to lr_min over `total` steps (SGDR without restarts)."""
-    t = min(step, total) / max(total, 1)
-    return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * t))
 
 
 def fmt_time(s):

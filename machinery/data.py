@@ -19,8 +19,8 @@ global batches; rank r of `world` takes the r-th contiguous slice of each. The r
 augmentation of the item at each position of that order is drawn from the same generator, so it
 depends on (seed, epoch, position) only: not on the rank, the world size or the worker count.
 
-    python data.py --data fashion-mnist [--purpose search|retrain] [--seed S] [--input-size N]
-    python data.py --data PATH [--classes 100] [--split-file split.json]
+    python -m machinery.data --data fashion-mnist [--purpose search|retrain] [--seed S] [--input-size N]
+    python -m machinery.data --data PATH [--classes 100] [--split-file split.json]
 """
 import gzip
 import json
@@ -38,7 +38,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
-from cli import ArgumentParser, UsageError, check_ranges, read_json, run_cli, save_json_atomic
+from machinery.cli import SEED, ArgumentParser, UsageError, integer, read_json, run_cli, save_json_atomic
 
 # where Fashion-MNIST is looked for, after $FASHION_MNIST_DIR (read at call time)
 FASHION_MNIST_DIRS = ["./data/fashion-mnist", "/usr/share/datasets/fashion-mnist"]
@@ -407,14 +407,13 @@ def main():
     ap = ArgumentParser(__doc__)
     ap.add_argument("--data", default="fashion-mnist", help="fake, fashion-mnist or an image-folder PATH")
     ap.add_argument("--purpose", default="search", choices=["search", "retrain"], help="which splits (default search)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the class draw and the split (default 0)")
+    ap.add_argument("--seed", type=SEED, default=0, help="seed of the class draw and the split (default 0)")
     ap.add_argument("--input-size", type=int, default=None, help="image size (default: 32 fake, 28 fashion-mnist, 224)")
     ap.add_argument("--subset", type=int, default=None, help="keep the first N items of each split")
     ap.add_argument("--classes", type=int, default=100, help="classes drawn from an image folder (default 100)")
     ap.add_argument("--split-file", default=None, help="image folder: JSON of the search split, written or reused")
-    ap.add_argument("--batch-size", type=int, default=256, help="batch size of the loader check (default 256)")
+    ap.add_argument("--batch-size", type=integer(1), default=256, help="batch size of the loader check (default 256)")
     args = ap.parse_args()
-    check_ranges(args, {"batch_size": (1, None, False), "seed": (0, 2**32 - 1, False)})
     t = time.time()
     ds = load_data(args.data, args.purpose, args.seed, args.input_size, args.subset, args.classes, args.split_file)
     print(f"{describe(ds)}  [loaded in {time.time() - t:.2f} s]")
