@@ -19,12 +19,11 @@ import time
 import torch
 import torch.nn as nn
 
-import retrain
 from cost import CostModel, arch_cost
 from machinery import cli, options, runtime
-from machinery.draw import draw_search, save_arch_params
-from machinery.walkthrough import walkthrough_end
-from supernet import SuperNet, arch_text
+from machinery.draw import save_arch_params
+from machinery.report import finish, walkthrough_end
+from supernet import SuperNet
 from viterbi import decisiveness, derive_supernet
 
 # The paper's settings (supplement A.1, A.4; arXiv v1 for label smoothing); lambda and tau, which the paper does not
@@ -329,19 +328,6 @@ def end_of_epoch(search, rec, seconds, log_path):
           f"({metric}{'/1e6' if unit != 1 else ''}); widths {rec['widths']}", flush=True)
 
 
-def finish(args, space, p, arch):
-    """The derived network's pictures and summary, and the command that retrains it."""
-    draw_search(args.out, space, p, arch)
-    prof = retrain.profile(arch)
-    print("\nderived architecture (argmax alpha, Viterbi over p):")
-    print(arch_text(arch))
-    print(f"path {' -> '.join(f'B_{i}' for i in arch['path'])}; {prof['flops'] / 1e6:.2f}M FLOPs, "
-          f"{prof['params'] / 1e6:.3f}M params")
-    print(f"pictures: {os.path.join(args.out, 'arch.svg')}, {os.path.join(args.out, 'supernet.svg')}")
-    print(f"retrain it:  python retrain.py --arch {os.path.join(args.out, 'arch.json')} --data {args.data}"
-          + (f" --gpus {args.gpus}" if args.gpus else ""))
-
-
 def parse_args(argv=None):
     """The flags given, after a preset's; the paper's settings per space for the rest; with --resume, the run's own
     (machinery/options.py)."""
@@ -350,7 +336,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     """Everything that can be refused is refused before OUT is written; then every process searches, and with
-    --preset the derived network is retrained and tested (machinery/walkthrough.py)."""
+    --preset the derived network is retrained and tested (machinery/report.py)."""
     args = parse_args(argv)
     options.check_search(args)
     cli.begin_run(args)

@@ -80,8 +80,9 @@ def ranged(kind, low=None, high=None, low_open=False):
             value = kind(text) if isinstance(text, str) else text
         except ValueError:
             value = None
-        bad = (not isinstance(value, (int, float)) or isinstance(value, bool) or (kind is int and isinstance(value, float))
-               or not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low))
+        bad = (not isinstance(value, (int, float)) or isinstance(value, bool)
+               or (kind is int and isinstance(value, float)) or not math.isfinite(value)
+               or (low is not None and (value <= low if low_open else value < low))
                or (high is not None and value > high))
         if bad:
             raise argparse.ArgumentTypeError(f"must be {what} {bounds}, got {text}".replace("  ", " "))

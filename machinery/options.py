@@ -14,8 +14,8 @@ from machinery.data import load_data
 from supernet import LIMITS, SPACES, get_space
 
 # --preset laptop: the whole pipeline on Fashion-MNIST on a 2-core CPU in about 13 minutes: the `mini` space
-# (supernet.py) at 28 px, 9,600 images per split, 11 epochs of which 5 weights-only. A preset is flags, read as if
-# written before the given ones (which win). Where it departs from the paper the README says why ("How the laptop
+# (supernet.py) at 28 px, 9,600 images per split, 11 epochs of which 5 weights-only. A preset is flags, read as
+# if written before the given ones (which win). Where it departs from the paper the README says why ("How the laptop
 # preset departs from the paper"); the main ones: an architecture learning rate ~30x the paper's, as this search
 # makes ~900 architecture steps, not ~7,400; a weight learning rate of 0.1 at batch 64 for ~1,700 weight steps;
 # and lambda 0.03, not 0.15, as at 0.15 the cost term alone decides every choice on Fashion-MNIST.
@@ -52,7 +52,8 @@ def search_parser(defaults, description=None, add_help=True):
     ap.add_argument("--estimator", choices=["chained", "local"], default="chained",
                     help="chained (Eq. 6-7, default) or local (Eq. 9, Table 7 ablation)")
     ap.add_argument("--eval-from", type=integer(1), default=None,
-                    help="evaluate the super network from this epoch on; keeps arch_best.json (default: first search epoch)")
+                    help="evaluate the super network from this epoch on; keeps arch_best.json (default: the first "
+                         "search epoch)")
     ap.add_argument("--log-every", type=number(0, low_open=True), default=5.0,
                     help="seconds between progress lines (default 5)")
     ap.set_defaults(random=None, target_flops=None)  # the random-search baseline's (studies/random_search.py)
@@ -61,19 +62,22 @@ def search_parser(defaults, description=None, add_help=True):
     def default_help(key, what):
         return f"{what} (default: " + ", ".join(f"{s} {defaults[s][key]}" for s in defaults) + ")"
 
-    h.add_argument("--epochs", type=integer(1, 100_000), help=default_help("epochs", "total epochs"))
-    h.add_argument("--warmup-epochs", type=integer(0), help=default_help("warmup_epochs", "weights-only epochs (stage 1)"))
-    h.add_argument("--batch-size", type=integer(1, 10**6), help=default_help("batch_size", "global batch size"))
-    h.add_argument("--lr", type=number(0, 10, low_open=True), help=default_help("lr", "SGD learning rate, cosine per step"))
-    h.add_argument("--lr-min", type=number(0, 10), help=default_help("lr_min", "final learning rate"))
-    h.add_argument("--momentum", type=number(0, 0.999), help=default_help("momentum", "SGD momentum"))
-    h.add_argument("--weight-decay", type=number(0, 1), help=default_help("weight_decay", "SGD weight decay"))
-    h.add_argument("--label-smoothing", type=number(0, 0.99), help=default_help("label_smoothing", "label smoothing"))
-    h.add_argument("--arch-lr", type=number(0, 1, low_open=True), help=default_help("arch_lr", "Adam learning rate for alpha, beta"))
-    h.add_argument("--arch-betas", type=number(0, 0.9999), nargs=2, help=default_help("arch_betas", "Adam betas"))
-    h.add_argument("--arch-weight-decay", type=number(0, 1), help=default_help("arch_weight_decay", "Adam weight decay"))
-    h.add_argument("--lam", type=number(0, 100), help=default_help("lam", "lambda of Eq. 8"))
-    h.add_argument("--tau", type=number(1, 1e12, low_open=True), help=default_help("tau", "tau of Eq. 8 (cost in ms or MFLOPs)"))
+    def flag(name, kind, what, **kw):
+        h.add_argument(name, type=kind, help=default_help(name[2:].replace("-", "_"), what), **kw)
+
+    flag("--epochs", integer(1, 100_000), "total epochs")
+    flag("--warmup-epochs", integer(0), "weights-only epochs (stage 1)")
+    flag("--batch-size", integer(1, 10**6), "global batch size")
+    flag("--lr", number(0, 10, low_open=True), "SGD learning rate, cosine per step")
+    flag("--lr-min", number(0, 10), "final learning rate")
+    flag("--momentum", number(0, 0.999), "SGD momentum")
+    flag("--weight-decay", number(0, 1), "SGD weight decay")
+    flag("--label-smoothing", number(0, 0.99), "label smoothing")
+    flag("--arch-lr", number(0, 1, low_open=True), "Adam learning rate for alpha, beta")
+    flag("--arch-betas", number(0, 0.9999), "Adam betas", nargs=2)
+    flag("--arch-weight-decay", number(0, 1), "Adam weight decay")
+    flag("--lam", number(0, 100), "lambda of Eq. 8")
+    flag("--tau", number(1, 1e12, low_open=True), "tau of Eq. 8 (cost in ms or MFLOPs)")
     runtime.add_device_args(ap)
     return ap
 

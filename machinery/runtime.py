@@ -59,10 +59,12 @@ class Proc:
 
 def add_device_args(ap):
     g = ap.add_argument_group("devices and distribution")
-    g.add_argument("--gpus", type=integer(0, 256), default=0, help="train on N GPUs, one process each, NCCL (default 0: CPU)")
+    g.add_argument("--gpus", type=integer(0, 256), default=0,
+                   help="train on N GPUs, one process each, NCCL (default 0: CPU)")
     g.add_argument("--procs", type=integer(1, 256), default=1, help="on the CPU: N processes with gloo (default 1)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
-    g.add_argument("--workers", type=integer(0, 256), default=None, help="data-loading workers per process (default 4 on CUDA, 0 on CPU)")
+    g.add_argument("--workers", type=integer(0, 256), default=None,
+                   help="data-loading workers per process (default 4 on CUDA, 0 on CPU)")
     g.add_argument("--check-sync", action="store_true",
                    help="verify that all ranks hold identical parameters (after every step or epoch; slow; for tests)")
 

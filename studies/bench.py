@@ -64,7 +64,7 @@ from latency import get_device
 from machinery import runtime
 from machinery.cli import SEED, ArgumentParser, UsageError, integer, load_arch, run_cli
 from machinery.data import FAKE_SIZES
-from machinery.walkthrough import read_log
+from machinery.report import read_log
 from retrain import ArchNet, sgd_steps
 from search import DEFAULTS, UNITS, Objective, arch_step, sample_candidates, set_trainable, weight_step
 from supernet import SPACES, SuperNet, add_all, get_space
@@ -252,31 +252,31 @@ def covering_samples(net, k):
             for i in range(math.ceil(n / k))]
 
 
-def measure(b, step, samples, warmup, mem_steps):
+def measure(nets, step, samples, warmup, mem_steps):
     """Time `step` ("weight" or "arch") of the super network and of its reference, taking turns, and
     measure the peak memory of both on the first mem_steps samples after the warm-up."""
-    b.freeze(step)
-    fn = b.super_weight if step == "weight" else b.super_arch
+    nets.freeze(step)
+    fn = nets.super_weight if step == "weight" else nets.super_arch
     # untimed steps that together run every candidate in both networks: the kernels of each op shape and
     # memory format are chosen (cudnn.benchmark) or built (oneDNN primitives) before any timing
-    for s in covering_samples(b.net, 1 if step == "weight" else 2):
+    for s in covering_samples(nets.net, 1 if step == "weight" else 2):
         fn(s)
-        b.reference(step, s)[1]()
+        nets.reference(step, s)[1]()
     times = {"super": [], "reference": []}
     for i, s in enumerate(samples):
-        _, ref_fn = b.reference(step, s)
+        _, ref_fn = nets.reference(step, s)
         runs = [("super", lambda: fn(s)), ("reference", ref_fn)]
         for who, run in runs[::1 if i % 2 == 0 else -1]:
-            t = timed(run, b.device)
+            t = timed(run, nets.device)
             if i >= warmup:
                 times[who].append(t)
     mem = {"super": 0, "reference": 0}
     for s in samples[warmup:warmup + mem_steps]:
-        _, ref_fn = b.reference(step, s)
+        _, ref_fn = nets.reference(step, s)
         for who, run in (("super", lambda: fn(s)), ("reference", ref_fn)):
-            b.net.zero_grad(set_to_none=True)
-            b.ref_net.zero_grad(set_to_none=True)
-            mem[who] = max(mem[who], peak_bytes(run, b.device))
+            nets.net.zero_grad(set_to_none=True)
+            nets.ref_net.zero_grad(set_to_none=True)
+            mem[who] = max(mem[who], peak_bytes(run, nets.device))
     return times, mem
 
 
@@ -329,7 +329,7 @@ def bench(args):
     """The benchmark: both steps of the super network against their reference; returns the figures."""
     space = get_space(args.space, args.input_size, 3, args.num_classes)
     dev, device_name = get_device(args.device, args.threads)
-    b = Bench(space, dev, args.batch_size, args.seed, args.amp)
+    nets = Bench(space, dev, args.batch_size, args.seed, args.amp)
 
     # the samples of every step, drawn up front (dropping-path, supplement A.3); sampling is timed apart
     g = torch.Generator().manual_seed(args.seed)
@@ -337,7 +337,7 @@ def bench(args):
     samples, sample_ms = {}, {}
     for step, k in (("weight", 1), ("arch", 2)):
         t0 = time.perf_counter()
-        samples[step] = [sample_candidates(b.net, k, g) for _ in range(n)]
+        samples[step] = [sample_candidates(nets.net, k, g) for _ in range(n)]
         sample_ms[step] = 1e3 * (time.perf_counter() - t0) / n
 
     res = {"settings": {"space": space.name, "input_size": space.input_size, "batch_size": args.batch_size,
@@ -350,7 +350,7 @@ def bench(args):
     print(f"{'step':<7} {'network':<10} {'img/s':>9} {'ms median':>10} {'ms mean':>9} {'peak MiB':>9}")
     met = True
     for step in ("weight", "arch"):
-        times, mem = measure(b, step, samples[step], args.warmup, args.mem_steps)
+        times, mem = measure(nets, step, samples[step], args.warmup, args.mem_steps)
         for who in ("super", "reference"):
             f = res[f"{step}_{who}"] = figures(times[who], mem[who], args.batch_size)
             print(f"{step:<7} {who:<10} {f['img_s']:9.1f} {f['ms_median']:10.2f} {f['ms_mean']:9.2f} "
@@ -369,7 +369,7 @@ def bench(args):
         print(f"{step:<7} {'ratio':<10} speed-up {speedup:.3f}x (target >= {TARGETS['speed-up']}x: {verdict[ok_t]}; "
               f"ratio of medians {res[f'{step}_ratio']['speedup_of_medians']:.3f}x), "
               f"memory {m_ratio:.3f}x (target <= {TARGETS['memory']}x: {verdict[ok_m]})")
-    res |= dropping_path_saving(b, res["weight_super"]["peak_bytes"])
+    res |= dropping_path_saving(nets, res["weight_super"]["peak_bytes"])
     res["sample_ms"] = sample_ms
     res["targets_met"] = met
     print(f"sampling (not in the step times): {sample_ms['weight']:.2f} ms per weight step, "
@@ -378,16 +378,16 @@ def bench(args):
     return res
 
 
-def dropping_path_saving(b, sampled_peak):
+def dropping_path_saving(nets, sampled_peak):
     """What dropping-path saves (supplement A.3): the peak memory of one step of the whole super network, every
     candidate of every layer mixed by softmax(alpha) (Eq. 2), forward and backward, against the sampled step's."""
-    b.freeze("weight")
-    b.w_opt.zero_grad(set_to_none=True)
+    nets.freeze("weight")
+    nets.w_opt.zero_grad(set_to_none=True)
     try:
-        full = peak_bytes(lambda: b.objective.criterion(b.net(b.x_cl), b.y).backward(), b.device)
+        full = peak_bytes(lambda: nets.objective.criterion(nets.net(nets.x_cl), nets.y).backward(), nets.device)
     except torch.OutOfMemoryError:  # at 224 px the whole super network may not fit: that is the point of A.3
         full = float("inf")
-    b.w_opt.zero_grad(set_to_none=True)
+    nets.w_opt.zero_grad(set_to_none=True)
     saving = full / max(sampled_peak, 1)
     print(f"without dropping-path (every candidate, Eq. 2; forward + backward): peak {full / 2**20:.2f} MiB, "
           f"{saving:.2f}x the sampled weight step's (inf: out of memory)")

@@ -17,7 +17,7 @@ from cost import arch_cost, flops_table
 from machinery import cli, options, runtime
 from machinery.cli import ArgumentParser, UsageError, integer
 from machinery.draw import save_arch_params
-from machinery.walkthrough import walkthrough_end
+from machinery.report import finish, walkthrough_end
 from viterbi import derive
 
 RANDOM_STATE = "random_search.json"
@@ -100,7 +100,7 @@ def random_search_worker(proc, args):
         best = max(records, key=lambda r: r["val_acc"])
         cli.save_json_atomic(best["arch"], os.path.join(args.out, "arch_best.json"))
         print(f"\nbest of {len(records)}: sample {best['sample']}, val acc {best['val_acc']:.2f}%")
-        search.finish(args, space, best["p"], best["arch"])
+        finish(args, space, best["p"], best["arch"])
 
 
 def train_sample(proc, args, data, arch, k):
@@ -126,7 +126,8 @@ def load_random_state(path):
 
 def parse_args(argv=None):
     """search.py's settings (space, data, recipe, devices; through parents=) and --random K --target-flops F."""
-    ap = ArgumentParser(__doc__, prog="python -m studies random", parents=[options.search_parser(search.DEFAULTS, add_help=False)])
+    ap = ArgumentParser(__doc__, prog="python -m studies random",
+                        parents=[options.search_parser(search.DEFAULTS, add_help=False)])
     r = ap.add_argument_group("random-search baseline (Table 1)")
     r.add_argument("--random", type=integer(1, 10_000), metavar="K", required=True,
                    help="instead of searching, train K uniformly sampled architectures within 5%% of --target-flops "

@@ -1,13 +1,29 @@
-"""The end of the laptop walkthrough (search.py --preset laptop): retrain the derived network, test it, and
-sum up what shows that the search learned (OUT/summary.json).
+"""What a finished search reports: the derived network's pictures and summary (finish), and at the end of the
+laptop walkthrough (search.py --preset laptop) the derived network retrained and tested beside what shows that
+the search learned (walkthrough_end, OUT/summary.json).
 """
 import json
 import os
 
 import retrain
 from machinery import cli, options
+from machinery.draw import draw_search
+from supernet import arch_text
 
 IMAGENET_COMMAND = "python search.py --space mbv2 --data /path/to/imagenet --gpus 4"
+
+
+def finish(args, space, p, arch):
+    """The derived network's pictures and summary, and the command that retrains it."""
+    draw_search(args.out, space, p, arch)
+    prof = retrain.profile(arch)
+    print("\nderived architecture (argmax alpha, Viterbi over p):")
+    print(arch_text(arch))
+    print(f"path {' -> '.join(f'B_{i}' for i in arch['path'])}; {prof['flops'] / 1e6:.2f}M FLOPs, "
+          f"{prof['params'] / 1e6:.3f}M params")
+    print(f"pictures: {os.path.join(args.out, 'arch.svg')}, {os.path.join(args.out, 'supernet.svg')}")
+    print(f"retrain it:  python retrain.py --arch {os.path.join(args.out, 'arch.json')} --data {args.data}"
+          + (f" --gpus {args.gpus}" if args.gpus else ""))
 
 
 def read_log(out):
