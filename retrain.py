@@ -93,7 +93,7 @@ class Recipe:
         self.opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum,
                                    weight_decay=args.weight_decay)
         steps = args.epochs * len(self.batches(0))
-        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, steps, args.lr_min)
+        self.schedule = runtime.CosineLR(self.opt, steps, args.lr_min)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
     def batches(self, epoch):
@@ -119,7 +119,7 @@ def retrain_worker(proc, args):
     torch.manual_seed(args.seed)
     net = ArchNet(arch).to(proc.device, memory_format=torch.channels_last)  # faster on oneDNN and cuDNN alike
     if args.eval:
-        net.load_state_dict(load_weights(args.weights))
+        cli.load_states({"model": load_weights(args.weights)}, {"model": net}, f"network ({args.arch})")
         top1, top5 = evaluate(proc, net, data.val, args.batch_size)
         if proc.main:
             print(json.dumps({"top1": top1, "top5": top5}))
@@ -129,8 +129,8 @@ def retrain_worker(proc, args):
     start, history = 0, []
     if args.resume and os.path.exists(ck_path):
         ck = cli.load_checkpoint(ck_path)
-        cli.load_states(ck, {"model": net, "opt": recipe.opt, "schedule": recipe.schedule}, "network")
-        start, history = ck["epoch"], ck["history"]
+        start, history = cli.load_states(ck, {"model": net, "opt": recipe.opt, "schedule": recipe.schedule},
+                                         "network", {"epoch": int, "history": list})
         if proc.main:
             print(cli.resume_line(args.out, start, args.epochs), flush=True)
     trained = runtime.data_parallel(net, proc.device)  # after a resume's load: every rank starts from rank 0's state
@@ -175,8 +175,12 @@ def write_report(args, arch, net, history, info):
 
 
 def load_weights(path):
+    """The weights of a trained network: model.pt, or the model in a retraining checkpoint."""
     obj = cli.load_checkpoint(path, "weights")
-    return obj["model"] if isinstance(obj, dict) and "model" in obj else obj
+    obj = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UsageError(f"weights {path} hold no network's weights (model.pt or a retraining checkpoint.pt)")
+    return obj
 
 
 def retrain_config(args):
@@ -215,6 +219,9 @@ def parse_args(argv=None):
         cli.restore_settings(ap, argv, args, args.out)
     if not args.arch:
         raise UsageError("--arch FILE is needed (an arch file written by search.py or by hand)")
+    if not args.resume:  # args.json records absolute paths, so the run resumes from any directory
+        args.arch, args.data = os.path.abspath(args.arch), cli.absolute_data(args.data)
+        args.latency_lut = args.latency_lut and os.path.abspath(args.latency_lut)
     if args.lr_min > args.lr:
         raise UsageError("need --lr-min <= --lr")
     return args
@@ -238,15 +245,16 @@ def main(argv=None):
     for key, have in (("in_channels", data.in_channels), ("num_classes", data.num_classes)):
         if arch[key] != have:
             raise UsageError(f"the arch has {key}={arch[key]} but the data has {have}")
-    if args.eval:
-        load_weights(args.weights)
+    if args.eval:  # weights of another network are refused now
+        cli.load_states({"model": load_weights(args.weights)}, {"model": ArchNet(arch)}, f"network ({args.arch})")
     else:
         runtime.check_batch_fits(args.batch_size, {"training set": len(data.train)})
-        args.out = args.out or os.path.join("runs", "retrain-" + os.path.splitext(os.path.basename(args.arch))[0])
+        if args.out is None:
+            args.out = os.path.join("runs", "retrain-" + os.path.splitext(os.path.basename(args.arch))[0])
         cli.check_folder(args.out, args.resume)
         ck_path = os.path.join(args.out, cli.CHECKPOINT)
         if args.resume and os.path.exists(ck_path):
-            cli.same_config(cli.load_checkpoint(ck_path).get("config", {}), retrain_config(args), ck_path)
+            cli.same_config(cli.checkpoint_config(ck_path, "a retraining"), retrain_config(args), ck_path)
         cli.begin_run(args)
     runtime.launch(retrain_worker, args)
 

@@ -140,8 +140,7 @@ class Search:
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=args.arch_lr, betas=tuple(args.arch_betas),
                                       weight_decay=args.arch_weight_decay)
         # cosine over every weight step of the search (supplement A.1)
-        self.w_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.w_opt, args.epochs * len(self.batches("weights", 0)), args.lr_min)
+        self.w_schedule = runtime.CosineLR(self.w_opt, args.epochs * len(self.batches("weights", 0)), args.lr_min)
         self.objective = Objective(CostModel(space, table), args.lam, args.tau, UNITS.get(table["metric"], 1.0),
                                    args.estimator, args.label_smoothing)
         self.epoch, self.weight_steps, self.best = 0, 0, None
@@ -253,9 +252,9 @@ class Search:
                 "rng": torch.get_rng_state()}
 
     def load(self, ck):
-        cli.load_states(ck, {"model": self.net, "w_opt": self.w_opt, "w_schedule": self.w_schedule,
-                             "a_opt": self.a_opt}, "super network")
-        self.epoch, self.weight_steps, self.best = ck["epoch"], ck["global_step"], ck["best"]
+        self.epoch, self.weight_steps, self.best = cli.load_states(
+            ck, {"model": self.net, "w_opt": self.w_opt, "w_schedule": self.w_schedule, "a_opt": self.a_opt},
+            "super network", {"epoch": int, "global_step": int, "best": (dict, type(None))})
 
 
 def accuracy(logits, y):

@@ -9,7 +9,9 @@ Either way rank 0's buffers (BN statistics) reach every rank, so all ranks hold 
 
     python -m machinery.runtime     prints what this machine offers (devices, threads, backends)
 """
+import math
 import os
+import signal
 import socket
 import sys
 import time
@@ -19,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from machinery.cli import UsageError, die_with_parent, integer
+from machinery.cli import Terminated, UsageError, die_with_parent, integer, on_sigterm
 from machinery.data import make_loader
 
 # A super network runs hundreds of distinct convolution shapes (every candidate of every layer, forward and
@@ -120,16 +122,21 @@ def launch(worker, args):
     except mp.ProcessExitedException as e:  # a worker refused (its one line is printed) or was killed
         if e.exit_code == 130:
             raise KeyboardInterrupt from None  # Ctrl-C: run_cli says it in one line
+        if e.exit_code in (143, -signal.SIGTERM):
+            raise Terminated from None
         sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
 
 
 def _spawned(rank, world, args, worker, port):
     die_with_parent()  # a worker never finishes a run on its own (nor writes beside a resumed one)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         _worker(rank, world, rank if args.gpus else None, args, worker, port)
     except UsageError as e:  # one line, as run_cli prints it; spawn then stops the other workers
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except Terminated:  # SIGTERM, as Ctrl-C: the parent says it in one line
+        sys.exit(143)
     except KeyboardInterrupt:  # Ctrl-C reaches every process; the parent says it in one line
         sys.exit(130)
 
@@ -237,6 +244,21 @@ def all_reduce_sum(values, device):
 def barrier():
     if world_size() > 1:
         dist.barrier()
+
+
+class CosineLR(torch.optim.lr_scheduler.LRScheduler):
+    """Cosine annealing of every group's learning rate from its initial value to lr_min over `total` steps (SGDR
+    without restarts; supplement A.1), one scheduler step per optimiser step. torch's CosineAnnealingLR steps by a
+    recursion whose rounding drifts from the closed form within a few steps; this is the closed form, so a run's
+    numbers do not depend on how the schedule got to its step."""
+
+    def __init__(self, optimizer, total, lr_min):
+        self.total, self.lr_min = total, lr_min
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        t = min(self.last_epoch, self.total) / max(self.total, 1)
+        return [self.lr_min + 0.5 * (lr - self.lr_min) * (1 + math.cos(math.pi * t)) for lr in self.base_lrs]
 
 
 def fmt_time(s):

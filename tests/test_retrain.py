@@ -3,6 +3,7 @@ term is a latency table measured on this CPU (Sec. 3.3).
 
 The command-line runs are started together (each spends most of its time importing torch)."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -12,9 +13,11 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
 
 from conftest import ROOT
 from cost import arch_cost
+from machinery import runtime
 from machinery.cli import load_table, save_json_atomic
 from supernet import get_space
 from viterbi import derive
@@ -142,3 +145,30 @@ def test_two_rank_retraining_under_ddp_keeps_the_ranks_identical(runs):
     r = runs["ddp"]
     assert r.returncode == 0, r.stderr
     assert "check-sync: all 2 ranks held identical weights after each of 2 epochs" in r.stdout
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 300), st.floats(1e-3, 1.0), st.floats(0.0, 1.0), st.integers(0, 300))
+def test_cosine_schedule_is_the_closed_form_and_resumes_exactly(total, lr, frac, cut):
+    """runtime.CosineLR gives lr_min + (lr - lr_min)(1 + cos(pi k / total)) / 2 at step k, ends at lr_min, and a
+    schedule loaded from a state_dict saved at any step goes on with the very same learning rates."""
+    lr_min = lr * frac
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    schedule, seen = runtime.CosineLR(opt, total, lr_min), []
+    for k in range(total + 1):
+        seen.append(opt.param_groups[0]["lr"])
+        assert math.isclose(seen[-1], lr_min + (lr - lr_min) * (1 + math.cos(math.pi * k / total)) / 2,
+                            rel_tol=1e-12, abs_tol=1e-15)
+        if k == min(cut, total):
+            state, opt_state = schedule.state_dict(), opt.state_dict()
+        opt.step()
+        schedule.step()
+    assert math.isclose(seen[-1], lr_min, rel_tol=1e-12, abs_tol=1e-15)
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    resumed = runtime.CosineLR(opt2, total, lr_min)
+    opt2.load_state_dict(opt_state)
+    resumed.load_state_dict(state)
+    for k in range(min(cut, total), total + 1):
+        assert opt2.param_groups[0]["lr"] == seen[k]
+        opt2.step()
+        resumed.step()
