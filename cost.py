@@ -89,16 +89,21 @@ def flops_table(space):
             "costs": {s: op_flops(s) for s in space_signatures(space)}}
 
 
+COST_RANGE = (1e-9, 1e15)  # what a cost may be (ms or FLOPs): beyond it log(cost) of Eq. 8 and its gradient overflow
+
+
 def check_costs(t, path):
-    """Refuse what is not a cost table: JSON with 'metric', 'meta' and 'costs', every cost a finite number > 0
-    (0 for a skip): a negative, zero or NaN latency would turn the cost term of Eq. 8 into a reward, -inf or a NaN."""
+    """Refuse what is not a cost table: JSON with 'metric', 'meta' and 'costs', every cost a finite number in
+    COST_RANGE (0 for a skip): a negative, zero or NaN latency would turn the cost term of Eq. 8 into a reward,
+    -inf or a NaN, and so would a subnormal or huge one once alpha has moved."""
     if not (isinstance(t, dict) and isinstance(t.get("costs"), dict) and isinstance(t.get("meta"), dict)
             and isinstance(t.get("metric"), str)):
         raise InvalidInput(f"{path} is not a cost table (JSON with 'metric', 'meta' and 'costs')")
     for sig, c in t["costs"].items():  # only a skip (the identity) may cost nothing
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0 \
-                or (c == 0 and not sig.startswith("skip/")):
-            raise InvalidInput(f"cost table {path}: the cost of {sig} is {c!r}, not a finite number > 0")
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) \
+                or not (c == 0 and sig.startswith("skip/") or COST_RANGE[0] <= c <= COST_RANGE[1]):
+            raise InvalidInput(f"cost table {path}: the cost of {sig} is {c!r}, not a finite number > 0 (between "
+                               f"{COST_RANGE[0]:g} and {COST_RANGE[1]:g})")
 
 
 def fit_data_ops(table, space):

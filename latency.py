@@ -259,7 +259,7 @@ def measure_table(args):
         raise UsageError("--lut goes with --arch; to measure a table, name it with --out")
     if not args.out:
         raise UsageError("name the table to write with --out FILE (or compare a network with --arch FILE)")
-    output_file(args.out, "--out")
+    output_file(args.out, "--out", force=True)  # an existing table is resumed or refused by build_table
     space = get_space(args.space or "mbv2", args.input_size or 224, args.in_channels or 3,
                       args.num_classes or 1000, args.connect)
     dev, device_name = get_device(args.device, args.threads)

@@ -10,6 +10,7 @@ and exit code 130.
 """
 import argparse
 import ctypes
+import errno
 import fcntl
 import json
 import math
@@ -49,14 +50,36 @@ class ArgumentParser(Parser):
         return set(vars(known))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a cluster scheduler sends before it kills), raised where the program is, as Ctrl-C is."""
+
+
+def on_sigterm(signum, frame):
+    raise Terminated
+
+
 def run_cli(main):
-    """Run a program: a UsageError is one line and exit 2; Ctrl-C one line and exit 130; a failed write (a
-    full disk, a lost folder) one line and exit 1."""
+    """Run a program: a UsageError is one line and exit 2; Ctrl-C one line and exit 130, SIGTERM one line and exit
+    143; a failed write (a full disk, a lost folder) one line and exit 1; memory that cannot be had, one line."""
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         run(main)  # supernet.run: InvalidInput (and so UsageError) is one line and exit 2
+    except Terminated:
+        print("terminated (SIGTERM): what was saved is kept (a run continues with --resume)", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
         print("interrupted: what was saved is kept (a run continues with --resume)", file=sys.stderr)
         sys.exit(130)
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        print(f"error: out of memory ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); a smaller "
+              "--batch-size or --input-size may fit", file=sys.stderr)
+        sys.exit(1)
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e) and "not enough memory" not in str(e):
+            raise
+        print(f"error: out of memory ({str(e).splitlines()[0][:200]}); a smaller --batch-size or --input-size may "
+              "fit", file=sys.stderr)
+        sys.exit(1)
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
@@ -123,7 +146,7 @@ def read_json(path, what):
     try:
         with open(path) as f:
             return json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested deeper than Python's stack
         raise UsageError(f"{what} {path} is not valid JSON ({type(e).__name__})") from None
 
 
@@ -133,9 +156,12 @@ def load_checkpoint(path, what="checkpoint"):
     regular_file(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UsageError(f"{what} {path} holds objects other than tensors and plain values; refused, as loading "
-                         "it could run code") from None
+    except pickle.UnpicklingError as e:
+        if "global" in str(e).lower():  # it names a function or class to call: the way a pickle runs code
+            raise UsageError(f"{what} {path} holds objects other than tensors and plain values; refused, as "
+                             "loading it could run code") from None
+        raise UsageError(f"{what} {path} cannot be read (not a torch checkpoint); it is corrupt or not a "
+                         f"{what}") from None
     except Exception as e:  # any unreadable file is the user's problem to hear about, in one line
         raise UsageError(f"{what} {path} cannot be read ({type(e).__name__}); it is corrupt or not a "
                          f"{what}") from None
@@ -160,9 +186,14 @@ def load_table(path):
 # ----------------------------------------------------------------------------------------
 # Writing
 
-def output_file(path, what):
-    """Refuse an output path onto a folder or a special file, or into a folder that is missing or read-only."""
+def output_file(path, what, force=False):
+    """Refuse an output path onto a folder, a special file or (unless force: the program's --force) an existing
+    file, or into a folder that is missing or read-only. Every program's output flag follows this rule."""
     folder = os.path.dirname(os.path.abspath(path))
+    if not path:
+        raise UsageError(f"{what} must name a file")
+    if os.path.isfile(path) and not force:
+        raise UsageError(f"{what} {path} exists; pass --force to overwrite it, or choose another name")
     if os.path.isdir(path):
         raise UsageError(f"{what} {path} is a folder, not a file")
     if os.path.exists(path) and not os.path.isfile(path):
@@ -197,7 +228,14 @@ def save_json_atomic(obj, path, indent=1):
 
 
 def save_atomic(obj, path):
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save through write_atomic. Its zip writer reports a failed write (a full disk) as RuntimeError: it is
+    raised as the OSError it is."""
+    def write(tmp):
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            raise OSError(errno.EIO, f"writing failed, the disk may be full ({str(e).splitlines()[0]})", path) from None
+    write_atomic(path, write)
 
 
 # ----------------------------------------------------------------------------------------
@@ -229,6 +267,8 @@ def check_folder(out, resume):
     """Before anything is written: OUT must be a folder (or not exist yet); a new run needs it empty (a folder
     holding anything, a finished run or someone's files, is not overwritten); --resume needs the run's
     settings there."""
+    if not out:
+        raise UsageError("--out must name a folder")
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file, not a folder")
     parent = os.path.dirname(os.path.abspath(out))
@@ -268,30 +308,65 @@ def claim_folder(out):
             os.remove(os.path.join(out, name))
 
 
+KINDS = {"space": "a search", "arch": "a retraining"}  # the setting that only each kind of run records
+
+
 def restore_settings(ap, argv, args, out, changeable=("resume", "out", "log_every", "workers", "check_sync")):
-    """--resume: every setting of the run in OUT comes back from its args.json, checked as its flag's type checks
-    it; a flag on the command line (argv) that contradicts it is refused (the ones in `changeable` only steer
-    this process)."""
+    """--resume: every setting of the run in OUT comes back from its args.json, each checked as its flag checks
+    what is typed (a hand-edited file is refused in one line); a flag on the command line (argv) that contradicts
+    it is refused (the ones in `changeable` only steer this process)."""
     require_run(out)
     if not os.path.isfile(os.path.join(out, SETTINGS)):
         return  # a run of an older version: its settings are the flags given, compared with its checkpoint
-    saved, given = read_settings(out), ap.given(argv)
-    types = {a.dest: a.type for a in ap._actions if getattr(a.type, "ranged", False)}
+    saved, given, path = read_settings(out), ap.given(argv), os.path.join(out, SETTINGS)
+    mine = next(k for k in KINDS if hasattr(args, k))
+    if mine not in saved:
+        held = next((what for k, what in KINDS.items() if k in saved), "no run this program knows")
+        raise UsageError(f"{out} holds {held}, not {KINDS[mine]}")
+    actions = {a.dest: a for a in ap._actions}
     for key, value in saved.items():
         if key in changeable or not hasattr(args, key):
             continue
         flag = "--" + key.replace("_", "-")
-        mine = plain(getattr(args, key))
-        if key in given and mine != value:
-            raise UsageError(f"the run in {out} has {flag} {value}, this command says {mine}; drop the flag to "
-                             "resume it")
-        if key in types and value is not None:
-            for v in value if isinstance(value, list) else [value]:
-                try:
-                    types[key](v)
-                except argparse.ArgumentTypeError as e:
-                    raise UsageError(f"{os.path.join(out, SETTINGS)}: {flag} {e}") from None
+        if key in given and plain(getattr(args, key)) != value:
+            raise UsageError(f"the run in {out} has {flag} {value}, this command says {plain(getattr(args, key))}; "
+                             "drop the flag to resume it")
+        try:
+            if key in actions:  # (a setting without a flag, as the random baseline's in search.py, is not typed)
+                check_setting(actions[key], value)
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"{path}: {flag} {e}") from None
         setattr(args, key, value)
+
+
+def check_setting(action, value):
+    """A value from args.json, held to what its flag accepts on the command line (argparse.ArgumentTypeError)."""
+    if value is None:
+        return
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise argparse.ArgumentTypeError(f"must be true or false, got {value!r}")
+        return
+    values = value if action.nargs not in (None, "?") else [value]
+    if action.nargs not in (None, "?") and not isinstance(value, list):
+        raise argparse.ArgumentTypeError(f"must be a list, got {value!r}")
+    if isinstance(action.nargs, int) and len(values) != action.nargs:
+        raise argparse.ArgumentTypeError(f"must be {action.nargs} values, got {value!r}")
+    for v in values:
+        if getattr(action.type, "ranged", False):
+            action.type(v)
+        elif action.choices is not None and v not in action.choices:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(map(str, action.choices))}, got {v!r}")
+        elif action.type in (None, str) and not isinstance(v, str):
+            raise argparse.ArgumentTypeError(f"must be text, got {v!r}")
+        elif action.type is not None and action.type is not str and not getattr(action.type, "ranged", False) \
+                and not isinstance(v, (int, float)):
+            raise argparse.ArgumentTypeError(f"must be a number, got {v!r}")
+
+
+def absolute_data(data):
+    """--data as a run records it: a folder as its absolute path, 'fake' and 'fashion-mnist' as they are."""
+    return data if data in ("fake", "fashion-mnist") else os.path.abspath(data)
 
 
 def plain(value):
@@ -299,13 +374,29 @@ def plain(value):
     return json.loads(json.dumps(value))
 
 
+def read_log(path):
+    """The records of a run's log (one JSON object a line). The last line alone may be cut short (a crash during
+    its append, the one write that is not atomic): it is dropped; any other damage is refused in one line."""
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip()]
+    records = []
+    for k, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except (ValueError, RecursionError):
+            if k < len(lines) - 1 or line.endswith("\n"):
+                raise UsageError(f"{path}: line {k + 1} is not a JSON record; the log is damaged") from None
+        if records and not isinstance(records[-1], dict):
+            raise UsageError(f"{path}: line {k + 1} is not a JSON object; the log is damaged")
+    return records
+
+
 def keep_log_before(path, last, key="epoch"):
     """On resume, drop log lines of epochs (samples) the checkpoint does not hold (a kill may fall between the two)."""
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and json.loads(ln)[key] <= last]
-    save_text_atomic("".join(lines), path)
+    records = [r for r in read_log(path) if isinstance(r.get(key), int) and r[key] <= last]
+    save_text_atomic("".join(json.dumps(r) + "\n" for r in records), path)
 
 
 def append_line(path, record):
@@ -315,12 +406,18 @@ def append_line(path, record):
 
 def read_settings(out):
     """The settings a run in OUT recorded when it started (its args.json)."""
-    return read_json(os.path.join(out, SETTINGS), "run settings")
+    settings = read_json(os.path.join(out, SETTINGS), "run settings")
+    if not isinstance(settings, dict):
+        raise UsageError(f"{os.path.join(out, SETTINGS)} does not hold the settings of a run (a JSON object)")
+    return settings
 
 
 def begin_run(args):
-    """Take OUT (claim_folder) and record the run's settings there; a resumed run keeps its record."""
+    """Take OUT (claim_folder), look at it again under the lock (another run may have taken and filled it while
+    this one checked its data: a finished run is never trained over), and record the run's settings there; a
+    resumed run keeps its record."""
     claim_folder(args.out)
+    check_folder(args.out, args.resume)
     if not args.resume:
         save_json_atomic(vars(args), os.path.join(args.out, SETTINGS))
 
@@ -334,13 +431,28 @@ def same_config(have, want, path, hint=""):
         raise UsageError(f"{path} was made with {k}={have.get(k)!r}, this run has {want[k]!r}{hint}")
 
 
-def load_states(ck, parts, what):
-    """Load ck[key] into each {key: module or optimiser} of `parts`; a checkpoint of another network is one line."""
+def checkpoint_config(path, what):
+    """The settings a run's checkpoint recorded (its 'config'), refused in one line if it holds none."""
+    ck = load_checkpoint(path)
+    if not isinstance(ck, dict) or not isinstance(ck.get("config"), dict):
+        raise UsageError(f"{path} is not {what} checkpoint")
+    return ck["config"]
+
+
+def load_states(ck, parts, what, fields=None):
+    """Load ck[key] into each {key: module or optimiser} of `parts` and return ck's `fields` ({key: type}, in
+    order), each checked for its type; a checkpoint of another network, or a damaged one, is one line."""
     try:
         for key, obj in parts.items():
             obj.load_state_dict(ck[key])
-    except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        raise UsageError(f"checkpoint does not match this {what} ({str(e).splitlines()[0]})") from None
+        values = [ck[key] for key in fields or {}]
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+        raise UsageError(f"checkpoint does not match this {what} ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0]})") from None
+    for (key, kind), value in zip((fields or {}).items(), values):
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise UsageError(f"checkpoint: '{key}' holds {type(value).__name__}, not what this {what} wrote")
+    return values
 
 
 def resume_line(out, done, total, unit="epoch"):

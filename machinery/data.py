@@ -42,6 +42,7 @@ from machinery.cli import SEED, ArgumentParser, UsageError, integer, read_json, 
 
 # where Fashion-MNIST is looked for, after $FASHION_MNIST_DIR (read at call time)
 FASHION_MNIST_DIRS = ["./data/fashion-mnist", "/usr/share/datasets/fashion-mnist"]
+FASHION_MNIST_CLASSES = 10
 FASHION_MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
@@ -199,6 +200,10 @@ def load_fashion_mnist(purpose, seed, input_size, subset):
         raise UsageError(f"the Fashion-MNIST files in {d} do not match each other (image and label counts, sizes)")
     size = input_size or train_x.shape[1]
     num_classes = int(train_y.max()) + 1
+    if num_classes > FASHION_MNIST_CLASSES or int(test_y.max()) >= FASHION_MNIST_CLASSES:
+        top = max(int(train_y.max()), int(test_y.max()))
+        raise UsageError(f"the Fashion-MNIST label files in {d} hold labels up to {top}, not 0-"
+                         f"{FASHION_MNIST_CLASSES - 1}: they are damaged or not Fashion-MNIST's")
 
     def split(x, y, idx, augment):
         x = x[idx][:subset, None]  # (N, 1, H, W)
@@ -227,7 +232,27 @@ def scan(folder, names):
         found = make_dataset(folder, {c: i for i, c in enumerate(names)}, is_valid_file=image)
     except FileNotFoundError as e:
         raise UsageError(f"{folder}: {e}") from None
+    seen = {}
+    for p, _ in found:  # a link inside a class folder can reach an image twice, or one of another class
+        first = seen.setdefault(os.path.realpath(p), p)
+        if first != p:
+            raise UsageError(f"{folder}: {os.path.relpath(p, folder)} is {os.path.relpath(first, folder)} reached "
+                             "again through a link; an image must belong to one class, once")
     return [os.path.relpath(p, folder).replace(os.sep, "/") for p, _ in found]
+
+
+def class_folders(folder):
+    """The class folders of an ImageFolder split, sorted: hidden folders (.ipynb_checkpoints, .git) are not
+    classes; a link back to the split or above it would make a class of every image, and is refused."""
+    names, top = [], os.path.realpath(folder)
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        real = os.path.realpath(entry.path)
+        if top == real or top.startswith(real + os.sep):
+            raise UsageError(f"{entry.path} is a link to {real}, which holds it: not a class folder")
+        names.append(entry.name)
+    return sorted(names)
 
 
 def read_split(path):
@@ -263,7 +288,7 @@ def load_folder(root, purpose, seed, input_size, subset, classes, split_file, ve
     saved = read_split(split_file) if split_file and os.path.exists(split_file) else None
     if purpose == "retrain" and split_file and saved is None:
         raise UsageError(f"split file {split_file} does not exist (search.py writes it)")
-    names = saved["classes"] if saved else sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
+    names = saved["classes"] if saved else class_folders(train_dir)
     if len(names) < 2:
         raise UsageError(f"{train_dir} has {len(names)} class folder(s); a classifier needs at least 2")
     info = {"root": os.path.abspath(root)}
@@ -385,9 +410,14 @@ class Loader:
             batches = [[(i, seeds[p]) if keyed else i for p, i in zip(range(a, b), order[a:b].tolist())]
                        for a, b in self.slices]
             # our own generator, so that the DataLoader does not draw from the global RNG
-            yield from torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
-                                                   pin_memory=self.pin_memory, generator=torch.Generator().manual_seed(
-                                                       self.seed * 1000 + self.epoch))
+            try:
+                yield from torch.utils.data.DataLoader(
+                    self.dataset, batch_sampler=batches, num_workers=self.workers, pin_memory=self.pin_memory,
+                    generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
+            except UsageError as e:  # from a worker process it comes wrapped in the worker's traceback: unwrap
+                if not str(e).startswith("Caught "):
+                    raise
+                raise UsageError(str(e).strip().splitlines()[-1].split(": ", 1)[-1]) from None
 
 
 def make_loader(dataset, batch_size, shuffle, epoch, seed, rank=0, world=1, workers=0, device=None, drop_last=True):

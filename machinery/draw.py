@@ -191,11 +191,12 @@ def main():
     ap.add_argument("--run", help="a search folder: derive from its arch_params.json, write arch.svg and supernet.svg")
     ap.add_argument("--arch", help="an arch file to summarise (and draw, with --svg)")
     ap.add_argument("--svg", help="with --arch: draw the architecture (Fig. 4 style) to this SVG file")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing --svg file")
     args = ap.parse_args()
     if bool(args.run) == bool(args.arch):
         raise UsageError("give one of --run FOLDER and --arch FILE")
     if args.svg:
-        output_file(args.svg, "--svg")
+        output_file(args.svg, "--svg", args.force)
     if args.run:
         if not os.path.isdir(args.run):
             raise UsageError(f"--run {args.run} is not a folder")

@@ -94,8 +94,10 @@ def parse_search_args(ap, argv, defaults, before=(), random=False):
     ap.set_defaults(**defaults[space])
     args = ap.parse_args(flags)
     if args.resume:  # every setting comes back from the run in OUT; a flag may only agree with it
-        args.out = args.out or default_out(args)
+        args.out = default_out(args) if args.out is None else args.out
         cli.restore_settings(ap, argv, args, args.out)
+    if random and not args.resume and (args.random is None or args.target_flops is None):
+        raise UsageError("the random search needs --random K and --target-flops F (see --help)")
     if bool(args.random) != random:
         raise UsageError(f"{args.out} holds a random search: continue it with python -m studies random --resume "
                          f"--out {args.out}" if args.random else f"{args.out} holds a search, not a random search")
@@ -111,7 +113,9 @@ def parse_search_args(ap, argv, defaults, before=(), random=False):
     runtime.check_batch(args)
     if args.eval_from is None:
         args.eval_from = args.warmup_epochs + 1
-    args.out = args.out or default_out(args)
+    if not args.resume:  # args.json records absolute paths, so the run resumes from any directory
+        args.data, args.lut = cli.absolute_data(args.data), args.lut and os.path.abspath(args.lut)
+    args.out = default_out(args) if args.out is None else args.out
     return args
 
 
@@ -175,10 +179,7 @@ def check_search(args):
               "on CUDA this search measures one, or pass --lut FILE or --cost latency)", flush=True)
     ck_path = os.path.join(args.out, cli.CHECKPOINT)
     if args.resume and os.path.exists(ck_path) and not args.random:
-        ck = cli.load_checkpoint(ck_path)
-        if not isinstance(ck, dict) or "config" not in ck:
-            raise UsageError(f"{ck_path} is not a search checkpoint")
-        cli.same_config(ck["config"], run_config(args), ck_path)
+        cli.same_config(cli.checkpoint_config(ck_path, "a search"), run_config(args), ck_path)
     return space
 
 

@@ -26,11 +26,6 @@ def finish(args, space, p, arch):
           + (f" --gpus {args.gpus}" if args.gpus else ""))
 
 
-def read_log(out):
-    with open(os.path.join(out, cli.SEARCH_LOG)) as f:
-        return [json.loads(line) for line in f]
-
-
 def search_evidence(out, log):
     """What shows that a finished search learned, read from its folder and log: the untrained guess and the
     derived network's accuracy on the shared weights (validation split), how firmly alpha and beta
@@ -58,7 +53,7 @@ def walkthrough_end(args):
     retrain.main(["--arch", arch_path, "--data", args.data, "--out", out, "--seed", str(args.seed),
                   "--log-every", str(args.log_every)] + options.RETRAIN_PRESETS[args.preset] + resume)
     report, arch = cli.read_json(os.path.join(out, "report.json"), "report"), cli.load_arch(arch_path)
-    log = read_log(args.out)
+    log = cli.read_log(os.path.join(args.out, cli.SEARCH_LOG))
     searched = sum(r.get("seconds", 0.0) for r in log)  # from the log: a resumed run counts in full
     summary = {"seconds_search": searched, "seconds_retrain": report["wall_s"], "test_top1": report["top1"],
                "flops": report["flops"], "params": report["params"]}

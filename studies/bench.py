@@ -61,10 +61,9 @@ import latency
 import search
 from cost import CostModel, flops_table
 from latency import get_device
-from machinery import runtime
+from machinery import cli, runtime
 from machinery.cli import SEED, ArgumentParser, UsageError, integer, load_arch, run_cli
 from machinery.data import FAKE_SIZES
-from machinery.report import read_log
 from retrain import ArchNet, sgd_steps
 from search import DEFAULTS, UNITS, Objective, arch_step, sample_candidates, set_trainable, weight_step
 from supernet import SPACES, SuperNet, add_all, get_space
@@ -448,7 +447,7 @@ def check_parts(args):
                      "--batch-size", str(args.batch_size), "--epochs", str(epochs), "--warmup-epochs", str(warm),
                      "--eval-from", str(epochs), "--lut", lut, "--out", run, "--log-every", "30"]
                     + (["--gpus", "1", "--amp"] if cuda else []))
-        log = read_log(run)
+        log = cli.read_log(os.path.join(run, cli.SEARCH_LOG))
         out["search"] = {"steps": steps, "epochs": epochs, "wall_s": time.time() - t0,
                          "epoch_s": sum(r["seconds"] for r in log if "seconds" in r),
                          "train_img_s": log[-1]["train_img_s"], "val_acc": log[-1].get("val_acc"),

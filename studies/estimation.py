@@ -63,9 +63,10 @@ def main(argv=None):
     ap.add_argument("--scale", type=number(0, 100, low_open=True), default=1.0,
                     help="alpha, beta ~ N(0, scale^2) (default 1)")
     ap.add_argument("--csv", help="write every point (real, chained, local FLOPs) here")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing --csv file")
     args = ap.parse_args(argv)
     if args.csv:
-        output_file(args.csv, "--csv")
+        output_file(args.csv, "--csv", args.force)
     space = get_space(args.space, args.input_size, 3, args.num_classes, args.connect)
     result, points = estimation_experiment(space, args.samples, args.seed, args.scale)
     if args.csv:

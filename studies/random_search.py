@@ -75,7 +75,9 @@ def random_search_worker(proc, args):
     if proc.main:
         print(f"random search in '{args.space}': {args.random} architectures within 5% of "
               f"{args.target_flops / 1e6:.2f}M FLOPs, {args.epochs} epochs each; data {data.info}; {proc.world} "
-              f"process(es) on {proc.device}" + (f"; resuming after {len(records)}" if records else ""), flush=True)
+              f"process(es) on {proc.device}", flush=True)
+        if args.resume:
+            print(cli.resume_line(args.out, len(records), args.random, "sample"), flush=True)
         cli.keep_log_before(log_path, len(records), key="sample")
     for k in range(len(records), args.random):
         arch, alphas, p, flops = draws[k]
@@ -129,10 +131,10 @@ def parse_args(argv=None):
     ap = ArgumentParser(__doc__, prog="python -m studies random",
                         parents=[options.search_parser(search.DEFAULTS, add_help=False)])
     r = ap.add_argument_group("random-search baseline (Table 1)")
-    r.add_argument("--random", type=integer(1, 10_000), metavar="K", required=True,
+    r.add_argument("--random", type=integer(1, 10_000), metavar="K",
                    help="instead of searching, train K uniformly sampled architectures within 5%% of --target-flops "
                         "for --epochs each (default 5) and keep the best by validation accuracy (paper: 15)")
-    r.add_argument("--target-flops", type=options.parse_flops, metavar="F", required=True,
+    r.add_argument("--target-flops", type=options.parse_flops, metavar="F",
                    help="FLOPs (multiply-accumulates) of the random samples, e.g. 361M (DenseNAS-C) or 3.6e8")
     # 5 epochs per sample (Sec. 4.4), a flag read before the given ones
     args = options.parse_search_args(ap, argv, search.DEFAULTS, before=["--epochs", "5"], random=True)

@@ -92,14 +92,20 @@ def test_fashion_missing_says_how_to_get_it(tmp_path, monkeypatch):
         load_data("fashion-mnist", "search", 0)
 
 
+def write_fashion_files(folder, n, labels=None, cut_test_images=False):
+    """Fashion-MNIST's four IDX files with n black images each and the given labels (default all 0)."""
+    for name in data.FASHION_MNIST_FILES:
+        magic = 2051 if "images" in name else 2049
+        dims = [n, 28, 28] if magic == 2051 else [n]
+        header = b"".join(v.to_bytes(4, "big") for v in [magic] + dims)
+        body = bytes(int(np.prod(dims))) if magic == 2051 or labels is None else bytes(labels)
+        (folder / name).write_bytes(header + body[:len(body) - (cut_test_images and name.startswith("t10k-images"))])
+
+
 def test_fashion_corrupt_file_is_a_usage_error(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "FASHION_MNIST_DIRS", [])
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
-    for name in data.FASHION_MNIST_FILES:
-        magic = 2051 if "images" in name else 2049
-        dims = [3, 28, 28] if magic == 2051 else [3]
-        header = b"".join(v.to_bytes(4, "big") for v in [magic] + dims)
-        (tmp_path / name).write_bytes(header + bytes(int(np.prod(dims)) - (name.startswith("t10k-images"))))
+    write_fashion_files(tmp_path, 3, cut_test_images=True)
     with pytest.raises(UsageError, match="t10k-images.*truncated"):
         load_data("fashion-mnist", "search", 0)
     (tmp_path / "t10k-images-idx3-ubyte").unlink()
@@ -251,3 +257,25 @@ def test_cli(monkeypatch, capsys):
         run_cli(data.main)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "/nonexistent" in err
+
+
+def test_hidden_folders_are_not_classes_and_links_back_are_refused(tmp_path):
+    """A hidden folder (.ipynb_checkpoints) is not a class; a class folder that links back to train/ (which would
+    put every image in two classes, and in both splits) is refused."""
+    root = make_folder(tmp_path / "imgs", classes=3, per_class=5)
+    os.makedirs(tmp_path / "imgs" / "train" / ".ipynb_checkpoints")
+    Image.new("RGB", (40, 40)).save(tmp_path / "imgs" / "train" / ".ipynb_checkpoints" / "img.JPEG")
+    d = load_data(root, "search", 0, input_size=32)
+    assert d.num_classes == 3 and not any(".ipynb" in f for f in d.train.files + d.val.files)
+    os.symlink(".", tmp_path / "imgs" / "train" / "loop")
+    with pytest.raises(UsageError, match="which holds it"):
+        load_data(root, "search", 0, input_size=32)
+
+
+def test_fashion_labels_beyond_its_ten_classes_are_refused(tmp_path, monkeypatch):
+    """Label files whose labels run to 255 would silently make a 256-class search."""
+    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", [])
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
+    write_fashion_files(tmp_path, 20, labels=[k % 10 for k in range(19)] + [255])
+    with pytest.raises(UsageError, match="labels up to 255"):
+        load_data("fashion-mnist", "search", 0)

@@ -18,6 +18,7 @@ import time
 import pytest
 import torch
 
+import retrain
 import search
 from conftest import ROOT
 from machinery import cli
@@ -71,7 +72,6 @@ def world(tmp_path_factory):
     w = tmp_path_factory.mktemp("world")
     search.main(TOY + ["--epochs", "1", "--warmup-epochs", "1", "--out", str(w / "done")])
     arch = str(w / "done" / "arch.json")
-    import retrain
     retrain.main(["--arch", arch, "--epochs", "1", "--out", str(w / "retrained")] + RETRAIN)
     import latency
     dev, name = latency.get_device("cpu")
@@ -100,12 +100,32 @@ def world(tmp_path_factory):
     folder = make_folder(w / "imgs", classes=3, per_class=20)
     with open(os.path.join(folder, "train", "n01", "broken.JPEG"), "wb") as f:
         f.write(b"\xff\xd8 this is not a JPEG")
+    # round two: damaged tables, files and runs, each a copy of a good one with one thing wrong
+    for name, value in (("tiny", 1e-320), ("huge", 1e308)):
+        json.dump(dict(good, costs=dict(good["costs"], **{first: value})), open(w / f"lut_{name}.json", "w"))
+    (w / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (w / "random.pt").write_bytes(b"\x80" + bytes(range(256)) * 4)
+    torch.save([1, 2, 3], w / "list.pt")
+    other = dict(json.load(open(arch)), blocks=json.load(open(arch))["blocks"][:-1])
+    other["last"] = {"out": 32}
+    torch.save(retrain.ArchNet(other).state_dict(), w / "other_weights.pt")
+    make_folder(w / "loop", classes=2, per_class=4)
+    os.symlink(".", w / "loop" / "train" / "loop")
+    settings = json.load(open(w / "done" / "args.json"))
+    ck = cli.load_checkpoint(str(w / "done" / "checkpoint.pt"))
+    for name, args_json, checkpoint in (("edited", dict(settings, lr="fast"), None), ("listed", [settings], None),
+                                        ("ck_missing", settings, {k: v for k, v in ck.items() if k != "global_step"}),
+                                        ("ck_wrong", settings, dict(ck, epoch="one"))):
+        (w / name).mkdir()
+        json.dump(args_json, open(w / name / "args.json", "w"))
+        if checkpoint is not None:
+            torch.save(checkpoint, w / name / "checkpoint.pt")
     return w
 
 
 def cases(w):
     """(name, script, argv, exit code, phrase of the one-line message)."""
-    done, arch, lut = str(w / "done"), str(w / "done" / "arch.json"), str(w / "lut.json")
+    done, arch = str(w / "done"), str(w / "done" / "arch.json")
     new = str(w / "new")
     s, r = ("search.py", TOY + ["--out", new]), ("retrain.py", ["--arch", arch, "--out", new] + RETRAIN)
     return [
@@ -189,6 +209,39 @@ def cases(w):
         # 7: smaller
         ("missing weights", "retrain.py", ["--arch", arch, "--eval", "--weights", str(w / "nope.pt")] + RETRAIN, 2,
          "does not exist"),
+        # round two (hostile input, 85 more cases): 2, outputs follow one rule
+        ("svg over a file", "machinery/draw.py", ["--arch", arch, "--svg", str(w / "a_file")], 2, "exists; pass --force"),
+        ("csv over a file", "studies/__main__.py", ["estimation", "--space", "toy", "--samples", "10", "--csv",
+                                                    str(w / "a_file")], 2, "exists; pass --force"),
+        # 3: silently wrong data
+        ("out empty", "search.py", TOY + ["--out", ""], 2, "--out must name a folder"),
+        ("retrain out empty", "retrain.py", ["--arch", arch, "--out", ""] + RETRAIN, 2, "--out must name a folder"),
+        ("class folder links back", "search.py", TOY[:2] + ["--data", str(w / "loop")] + TOY[4:8] + ["--out", new], 2,
+         "which holds it"),
+        # 4: resume on damage it can name
+        ("args.json text for a number", "search.py", ["--resume", "--out", str(w / "edited")], 2, "--lr must be"),
+        ("args.json a list", "search.py", ["--resume", "--out", str(w / "listed")], 2, "does not hold the settings"),
+        ("checkpoint missing a key", "search.py", ["--resume", "--out", str(w / "ck_missing")], 2, "global_step"),
+        ("checkpoint of wrong type", "search.py", ["--resume", "--out", str(w / "ck_wrong")], 2, "'epoch' holds str"),
+        # 5: tracebacks where a line is promised
+        ("table subnormal", *s[:1], s[1] + ["--lut", str(w / "lut_tiny.json")], 2, "1e-320"),
+        ("table huge", *s[:1], s[1] + ["--lut", str(w / "lut_huge.json")], 2, "1e+308"),
+        ("json nested deep", "retrain.py", ["--arch", str(w / "deep.json"), "--profile"], 2, "not valid JSON"),
+        ("weights of another arch", "retrain.py", ["--arch", arch, "--eval", "--weights", str(w / "other_weights.pt")]
+         + RETRAIN, 2, "does not match"),
+        ("search checkpoint as weights", "retrain.py", ["--arch", arch, "--eval", "--weights",
+                                                        str(w / "done" / "checkpoint.pt")] + RETRAIN, 2, "does not match"),
+        ("a list as weights", "retrain.py", ["--arch", arch, "--eval", "--weights", str(w / "list.pt")] + RETRAIN, 2,
+         "hold no network"),
+        # 6: messages that say what is wrong
+        ("random bytes as weights", "retrain.py", ["--arch", arch, "--eval", "--weights", str(w / "random.pt")]
+         + RETRAIN, 2, "cannot be read"),
+        ("a search resumed as a retraining", "retrain.py", ["--resume", "--out", done], 2,
+         "holds a search, not a retraining"),
+        ("a retraining resumed as a search", "search.py", ["--resume", "--out", str(w / "retrained")], 2,
+         "holds a retraining, not a search"),
+        ("random resumed by its hint", "studies/__main__.py", ["random", "--resume", "--out", str(w / "random")], 0,
+         None),
         # good behaviour: a finished run resumed says so and changes nothing
         ("resume finished search", "search.py", ["--resume", "--out", done], 0, None),
         ("resume finished retrain", "retrain.py", ["--resume", "--out", str(w / "retrained")], 0, None),
@@ -303,3 +356,126 @@ def test_full_disk_is_one_line_and_leaves_no_temp(tmp_path, capfd, monkeypatch):
     assert code == 1 and len(err) == 1 and "No space left on device" in err[0]
     assert not [f for f in os.listdir(out) if ".tmp" in f]
     assert cli.load_checkpoint(str(out / "checkpoint.pt"))["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------------------
+# Round two: a race, a log cut mid-line, a run moved between directories, real failed writes, memory, workers,
+# SIGTERM
+
+def test_a_finished_run_is_not_taken_by_a_run_that_was_still_checking(tmp_path, monkeypatch, capfd):
+    """1: run B finds OUT empty and checks its data; meanwhile run A starts into OUT and finishes (a hook inside
+    B's data check runs A, which makes the race deterministic). B must then refuse, leaving A's run whole."""
+    out = str(tmp_path / "run")
+    real, ran = search.options.search_data, []
+
+    def data_check_with_a_run_a_inside(args, before_run=False):
+        if before_run and not ran:
+            ran.append(True)
+            search.main(TOY + ["--epochs", "1", "--warmup-epochs", "1", "--out", out])  # run A, start to end
+        return real(args, before_run)
+    monkeypatch.setattr(search.options, "search_data", data_check_with_a_run_a_inside)
+    capfd.readouterr()
+    code = invoke("search.py", TOY + ["--epochs", "1", "--warmup-epochs", "1", "--seed", "3", "--out", out])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert ran and code == 2 and len(err) == 1 and "already holds" in err[0]
+    assert json.load(open(os.path.join(out, "args.json")))["seed"] == 0  # A's record, not B's
+    assert len(cli.read_log(os.path.join(out, "search_log.jsonl"))) == 2  # A's untrained guess and its epoch
+
+
+def test_a_log_line_cut_by_a_crash_is_dropped_and_other_damage_named(world, tmp_path, capfd):
+    """4: the last line of search_log.jsonl cut during its append (the one write that is not atomic) does not stop
+    --resume; a damaged line before the last is named in one line."""
+    import shutil
+    for cut_last in (True, False):
+        run = tmp_path / f"run{cut_last}"
+        shutil.copytree(world / "done", run, ignore=shutil.ignore_patterns(cli.LOCK))
+        log = (run / "search_log.jsonl").read_text().splitlines(keepends=True)
+        log = log + ['{"epoch": 2, "sta'] if cut_last else log[:1] + ['{"epoch": 1, "sta\n'] + log[1:]
+        (run / "search_log.jsonl").write_text("".join(log))
+        capfd.readouterr()
+        code = invoke("search.py", ["--resume", "--out", str(run)])
+        out, err = capfd.readouterr()
+        if cut_last:
+            assert code == 0 and "nothing to resume" in out
+            assert (run / "search_log.jsonl").read_text() == (world / "done" / "search_log.jsonl").read_text()
+        else:
+            assert code == 2 and err.strip().count("\n") == 0 and "line 2 is not a JSON record" in err
+
+
+def test_a_run_started_with_a_relative_data_folder_resumes_from_another_directory(tmp_path, monkeypatch):
+    """4: args.json records --data as an absolute path."""
+    make_folder(tmp_path / "imgs", classes=3, per_class=20)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--space", "toy", "--data", "imgs", "--batch-size", "8", "--input-size", "16", "--log-every", "100",
+            "--epochs", "2", "--warmup-epochs", "1"]
+    with pytest.raises(SystemExit):  # stopped after its first epoch, as a kill would
+        monkeypatch.setattr(search.Search, "run_epoch", stop_after_first(search.Search.run_epoch))
+        search.main(argv + ["--out", str(tmp_path / "run")])
+    monkeypatch.undo()
+    os.makedirs(tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    search.main(["--resume", "--out", str(tmp_path / "run")])
+    assert json.load(open(tmp_path / "run" / "args.json"))["data"] == str(tmp_path / "imgs")
+    assert cli.load_checkpoint(str(tmp_path / "run" / "checkpoint.pt"))["epoch"] == 2
+
+
+def stop_after_first(run_epoch):
+    def run(self, epoch):
+        if epoch == 1:
+            raise SystemExit(1)
+        return run_epoch(self, epoch)
+    return run
+
+
+def test_a_real_failed_write_during_a_checkpoint(tmp_path):
+    """5: a file-size limit (RLIMIT_FSIZE, set in the child) makes writes fail as a full disk does: torch.save's
+    zip writer then raises RuntimeError, which must still end the run in one line, exit 1, with no temp file."""
+    import resource
+    out = tmp_path / "run"
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+    proc = run_proc(["search.py"] + TOY + ["--epochs", "1", "--warmup-epochs", "1", "--out", str(out)],
+                    preexec_fn=small_files)
+    _, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "writing failed" in lines[0], err
+    assert not [f for f in os.listdir(out) if ".tmp" in f] and not (out / "checkpoint.pt").exists()
+
+
+def test_memory_that_cannot_be_had_is_one_line(tmp_path, monkeypatch, capfd):
+    """5: the allocator's RuntimeError (sizes within the checked limits can still need more memory than there is)."""
+    def no_memory(self, *a, **kw):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 98765432100 bytes. Error code 12 (Cannot allocate memory)")
+    monkeypatch.setattr(search.SuperNet, "forward", no_memory)
+    capfd.readouterr()
+    code = invoke("search.py", TOY + ["--epochs", "1", "--warmup-epochs", "1", "--out", str(tmp_path / "run")])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "out of memory" in err[0] and "--batch-size" in err[0]
+
+
+def test_a_corrupt_image_found_by_a_loader_worker_is_one_line(tmp_path, capfd):
+    """5: an image whose header reads but whose data is cut passes the check before training; the DataLoader
+    worker that decodes it raises, and the error arrives as one line, not wrapped in the worker's traceback."""
+    folder = make_folder(tmp_path / "imgs", classes=3, per_class=20)
+    good = open(os.path.join(folder, "train", "n01", "img0.JPEG"), "rb").read()
+    open(os.path.join(folder, "train", "n01", "img0.JPEG"), "wb").write(good[:len(good) // 2])
+    capfd.readouterr()
+    code = invoke("search.py", ["--space", "toy", "--data", folder, "--batch-size", "8", "--input-size", "16",
+                                "--workers", "1", "--epochs", "1", "--warmup-epochs", "1", "--out", str(tmp_path / "run")])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "img0.JPEG cannot be decoded" in err[0], err
+
+
+def test_sigterm_is_one_line_and_keeps_the_checkpoint(tmp_path):
+    """6: SIGTERM (what a scheduler sends before it kills) ends a run as Ctrl-C does: one line, exit 143, the
+    checkpoint of the last epoch kept, and --resume goes on from it."""
+    out = tmp_path / "run"
+    proc = run_proc(["search.py"] + TOY + ["--epochs", "40", "--warmup-epochs", "1", "--out", str(out)])
+    wait_for(out / "checkpoint.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 143 and "Traceback" not in err and "terminated" in lines[-1], err
+    assert cli.load_checkpoint(str(out / "checkpoint.pt"))["epoch"] >= 1
