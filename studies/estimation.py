@@ -10,23 +10,9 @@ import torch
 
 from cost import CostModel, arch_cost, flops_table
 from machinery.cli import SEED, ArgumentParser, integer, number, output_file, save_text_atomic
+from studies.stats import kendall, pearson
 from supernet import SPACES, get_space
 from viterbi import derive, random_arch_params
-
-
-def pearson(x, y):
-    x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
-    x, y = x - x.mean(), y - y.mean()
-    return float((x * y).sum() / (x.norm() * y.norm()))
-
-
-def kendall(x, y):
-    """Kendall's tau-b over all pairs."""
-    x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
-    dx, dy = torch.sign(x[:, None] - x[None, :]), torch.sign(y[:, None] - y[None, :])
-    concord = (dx * dy).sum() / 2
-    nx, ny = (dx != 0).sum() / 2, (dy != 0).sum() / 2
-    return float(concord / torch.sqrt(nx * ny))
 
 
 def estimation_experiment(space, samples, seed=0, scale=1.0):

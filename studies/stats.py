@@ -1,0 +1,84 @@
+"""The statistics the studies report: correlation and rank correlation, the share of the truly best found, a
+bootstrap interval for any of them, and a permutation test. Plain torch on float64, so that every study and test
+uses one definition of each.
+
+    pearson(x, y), kendall(x, y) (tau-b, ties counted as scipy does), spearman(x, y) (ties: mean ranks)
+    top_hit_rate(predicted, truth, fraction)   the share of the truly best `fraction` that the prediction puts there
+    bootstrap_interval(statistic, x, y)        a percentile interval, resampling the (x, y) pairs
+    permutation_p(a, b)                        one-sided p of mean(a) > mean(b) under exchangeability
+"""
+import math
+
+import torch
+
+
+def _vec(x):
+    return torch.as_tensor(x, dtype=torch.float64).flatten()
+
+
+def pearson(x, y):
+    x, y = _vec(x), _vec(y)
+    x, y = x - x.mean(), y - y.mean()
+    return float((x * y).sum() / (x.norm() * y.norm()))
+
+
+def kendall(x, y):
+    """Kendall's tau-b over all pairs: (concordant - discordant) / sqrt(pairs untied in x * pairs untied in y)."""
+    x, y = _vec(x), _vec(y)
+    dx, dy = torch.sign(x[:, None] - x[None, :]), torch.sign(y[:, None] - y[None, :])
+    concord = (dx * dy).sum() / 2
+    nx, ny = (dx != 0).sum().double() / 2, (dy != 0).sum().double() / 2  # (an integer sqrt would be float32)
+    return float(concord / torch.sqrt(nx * ny))
+
+
+def ranks(x):
+    """Ranks 1..n, tied values sharing the mean of their ranks."""
+    x = _vec(x)
+    below = (x[None, :] < x[:, None]).sum(1).double()
+    ties = (x[None, :] == x[:, None]).sum(1).double()
+    return below + (ties + 1) / 2
+
+
+def spearman(x, y):
+    """Spearman's rho: Pearson's r of the ranks."""
+    return pearson(ranks(x), ranks(y))
+
+
+def top_hit_rate(predicted, truth, fraction=0.1):
+    """Of the k = ceil(fraction * n) items best by `truth`, the share that `predicted` also ranks among its k best
+    (higher is better in both; ties broken by position)."""
+    predicted, truth = _vec(predicted), _vec(truth)
+    k = max(1, math.ceil(fraction * len(truth)))
+    best = set(torch.argsort(truth, descending=True, stable=True)[:k].tolist())
+    picked = set(torch.argsort(predicted, descending=True, stable=True)[:k].tolist())
+    return len(best & picked) / k
+
+
+def bootstrap_interval(statistic, x, y, samples=2000, level=0.95, seed=0):
+    """The percentile interval of statistic(x, y) over `samples` resamples of the (x, y) pairs with replacement.
+    A resample on which the statistic is undefined (all values tied: NaN) is left out."""
+    x, y = _vec(x), _vec(y)
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(samples):
+        idx = torch.randint(len(x), (len(x),), generator=g)
+        v = statistic(x[idx], y[idx])
+        if not math.isnan(v):
+            values.append(v)
+    values = torch.tensor(values, dtype=torch.float64)
+    tail = (1 - level) / 2
+    return float(torch.quantile(values, tail)), float(torch.quantile(values, 1 - tail))
+
+
+def permutation_p(a, b, samples=10000, seed=0):
+    """One-sided p-value of mean(a) - mean(b) under the null that the labels 'a' and 'b' are exchangeable: the
+    share of random relabellings (the observed one counted, so p > 0) whose difference is at least the observed."""
+    a, b = _vec(a), _vec(b)
+    both, n = torch.cat([a, b]), len(a)
+    observed = a.mean() - b.mean()
+    g = torch.Generator().manual_seed(seed)
+    hits = 1
+    for _ in range(samples):
+        perm = both[torch.randperm(len(both), generator=g)]
+        hits += int(perm[:n].mean() - perm[n:].mean() >= observed - 1e-12)
+    return hits / (samples + 1)
