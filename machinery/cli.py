@@ -6,7 +6,7 @@ argparse reads them (the type callables `integer` and `number`); a file given by
 it is a regular file, and a checkpoint only as tensors and plain values (read_json, load_checkpoint,
 load_arch, load_table); every file is written through a temp file and a rename (save_json_atomic,
 save_atomic); and a run folder belongs to one live run (claim_folder). Ctrl-C ends a program with one line
-and exit code 130.
+and exit code 130, SIGTERM with one line and exit code 143.
 """
 import argparse
 import ctypes
@@ -70,15 +70,11 @@ def run_cli(main):
     except KeyboardInterrupt:
         print("interrupted: what was saved is kept (a run continues with --resume)", file=sys.stderr)
         sys.exit(130)
-    except (torch.OutOfMemoryError, MemoryError) as e:
-        print(f"error: out of memory ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); a smaller "
-              "--batch-size or --input-size may fit", file=sys.stderr)
-        sys.exit(1)
-    except RuntimeError as e:
-        if "can't allocate memory" not in str(e) and "not enough memory" not in str(e):
+    except (RuntimeError, MemoryError) as e:  # the allocators': torch.OutOfMemoryError, CPU's RuntimeError
+        if not (isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(e)):
             raise
-        print(f"error: out of memory ({str(e).splitlines()[0][:200]}); a smaller --batch-size or --input-size may "
-              "fit", file=sys.stderr)
+        print(f"error: out of memory ({(str(e) or type(e).__name__).splitlines()[0][:200]}); a smaller "
+              "--batch-size or --input-size may fit", file=sys.stderr)
         sys.exit(1)
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
