@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import torchvision
 import torchvision.transforms as T
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
 from machinery.cli import SEED, ArgumentParser, UsageError, integer, read_json, run_cli, save_json_atomic
 
@@ -225,20 +225,25 @@ def load_fashion_mnist(purpose, seed, input_size, subset):
 # ImageNet-style folders
 
 def scan(folder, names):
-    """Paths 'class/file' of the images of the named classes under folder, in a fixed order."""
+    """Paths 'class/file' of the images of the named classes under folder, in torchvision's make_dataset order
+    (classes sorted, then walked in sorted order). Links to images are read; links to folders inside a class are
+    not followed, as one pointing back up would be walked without end."""
     def image(path):  # only regular files: a named pipe would block the reader
         return path.lower().endswith(IMG_EXTENSIONS) and os.path.isfile(path)
-    try:
-        found = make_dataset(folder, {c: i for i, c in enumerate(names)}, is_valid_file=image)
-    except FileNotFoundError as e:
-        raise UsageError(f"{folder}: {e}") from None
-    seen = {}
-    for p, _ in found:  # a link inside a class folder can reach an image twice, or one of another class
-        first = seen.setdefault(os.path.realpath(p), p)
-        if first != p:
-            raise UsageError(f"{folder}: {os.path.relpath(p, folder)} is {os.path.relpath(first, folder)} reached "
-                             "again through a link; an image must belong to one class, once")
-    return [os.path.relpath(p, folder).replace(os.sep, "/") for p, _ in found]
+    found, seen = [], {}
+    for name in sorted(names):
+        files = [os.path.join(root, f) for root, _, fs in sorted(os.walk(os.path.join(folder, name)))
+                 for f in sorted(fs) if image(os.path.join(root, f))]
+        if not files:
+            raise UsageError(f"{folder}: class folder {name} holds no valid file (an image: "
+                             f"{', '.join(IMG_EXTENSIONS[:4])} ...)")
+        for p in files:  # a link can reach an image twice, or one of another class
+            first = seen.setdefault(os.path.realpath(p), p)
+            if first != p:
+                raise UsageError(f"{folder}: {os.path.relpath(p, folder)} is {os.path.relpath(first, folder)} "
+                                 "reached again through a link; an image must belong to one class, once")
+        found += files
+    return [os.path.relpath(p, folder).replace(os.sep, "/") for p in found]
 
 
 def class_folders(folder):

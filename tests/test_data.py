@@ -260,13 +260,22 @@ def test_cli(monkeypatch, capsys):
 
 
 def test_hidden_folders_are_not_classes_and_links_back_are_refused(tmp_path):
-    """A hidden folder (.ipynb_checkpoints) is not a class; a class folder that links back to train/ (which would
-    put every image in two classes, and in both splits) is refused."""
+    """A hidden folder (.ipynb_checkpoints) is not a class; a link back up inside a class is not followed; an image
+    reached twice through links, and a class folder that links back to train/ (which would put every image in
+    two classes, and in both splits), are refused."""
     root = make_folder(tmp_path / "imgs", classes=3, per_class=5)
     os.makedirs(tmp_path / "imgs" / "train" / ".ipynb_checkpoints")
     Image.new("RGB", (40, 40)).save(tmp_path / "imgs" / "train" / ".ipynb_checkpoints" / "img.JPEG")
     d = load_data(root, "search", 0, input_size=32)
     assert d.num_classes == 3 and not any(".ipynb" in f for f in d.train.files + d.val.files)
+    os.symlink("..", tmp_path / "imgs" / "train" / "n01" / "up")  # a loop inside a class: not followed
+    again = load_data(root, "search", 0, input_size=32)
+    assert (again.train.files, again.val.files) == (d.train.files, d.val.files)
+    os.symlink(os.path.abspath(tmp_path / "imgs" / "train" / "n01" / "img0.JPEG"),
+               tmp_path / "imgs" / "train" / "n02" / "img9.JPEG")  # one image in two classes
+    with pytest.raises(UsageError, match="reached again through a link"):
+        load_data(root, "search", 0, input_size=32)
+    os.remove(tmp_path / "imgs" / "train" / "n02" / "img9.JPEG")
     os.symlink(".", tmp_path / "imgs" / "train" / "loop")
     with pytest.raises(UsageError, match="which holds it"):
         load_data(root, "search", 0, input_size=32)
