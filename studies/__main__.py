@@ -4,15 +4,17 @@
   random      the random-search baseline (Sec. 4.4, Table 1 "Random Search"): studies/random_search.py
   table1      Table 1 at laptop scale, searched against random networks at equal FLOPs: studies/table1.py
   estimation  chained against local cost estimation (Sec. 4.5, Table 7, Fig. 6): studies/estimation.py
+  ground_truth  networks of the laptop space trained stand-alone with several seeds: studies/ground_truth.py
 
     python -m studies random --help
 """
 import sys
 
 from machinery.cli import UsageError, run_cli
-from studies import estimation, random_search, table1
+from studies import estimation, ground_truth, random_search, table1
 
-STUDIES = {"random": random_search.main, "table1": table1.main, "estimation": estimation.main}
+STUDIES = {"random": random_search.main, "table1": table1.main, "estimation": estimation.main,
+           "ground_truth": ground_truth.main}
 
 
 def main(argv=None):

@@ -65,6 +65,8 @@ def bootstrap_interval(statistic, x, y, samples=2000, level=0.95, seed=0):
         v = statistic(x[idx], y[idx])
         if not math.isnan(v):
             values.append(v)
+    if not values:  # every resample tied: no interval
+        return math.nan, math.nan
     values = torch.tensor(values, dtype=torch.float64)
     tail = (1 - level) / 2
     return float(torch.quantile(values, tail)), float(torch.quantile(values, 1 - tail))

@@ -3,14 +3,16 @@ scale here."""
 import json
 import statistics
 
+import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+import search
 from cost import arch_cost, flops_table
 from machinery import options
 from machinery.cli import load_arch
 from retrain import profile
-from studies import random_search, table1
+from studies import ground_truth, random_search, table1
 from supernet import get_space
 from test_search import TOY, run
 from viterbi import derive
@@ -93,3 +95,30 @@ def test_random_search_keeps_the_flops_window_and_writes_the_best(tmp_path):
                                                    str(tmp_path / "far")])
     assert far.returncode == 2 and len(far.stderr.strip().splitlines()) == 1 and "1000.00M" in far.stderr
     assert not (tmp_path / "far").exists()
+
+
+def test_ground_truth_spreads_over_flops_records_every_seed_and_resumes(tmp_path, monkeypatch):
+    """python -m studies ground_truth at toy size: the random networks are spread over the pool's FLOPs range (one
+    nearest each bin's centre), every network gets both seeds' validation and test accuracy, the searched network
+    joins with its layer choices, and a second run trains nothing; another recipe in the same folder is refused."""
+    space = get_space("toy", 16, 3, 10)
+    chosen = ground_truth.spread_over_flops(space, 4, 60, torch.Generator().manual_seed(0))
+    flops = [f for _, _, f in chosen]
+    g = torch.Generator().manual_seed(0)  # the same 60 draws
+    pool = [arch_cost(derive(space, *random_search.random_arch(space, g)), flops_table(space)) for _ in range(60)]
+    width = (max(pool) - min(pool)) / 4
+    assert len({str(a) for a, _, _ in chosen}) == 4 and flops == sorted(flops)
+    assert flops[0] <= min(pool) + width and flops[-1] >= max(pool) - width
+    run = str(tmp_path / "s")
+    search.main(TOY[1:] + ["--epochs", "1", "--warmup-epochs", "1", "--out", run])
+    argv = ["--out", str(tmp_path / "gt"), "--space", "toy", "--data", "fake", "--input-size", "16", "--networks", "3",
+            "--pool", "40", "--epochs", "1", "--subset", "64", "--batch-size", "32", "--searched", run]
+    ground_truth.main(argv)
+    rows = [json.loads(line) for line in open(tmp_path / "gt" / "table.jsonl")]
+    assert [r["kind"] for r in rows] == ["searched", "random", "random", "random"]
+    assert all(set(r["val"]) == set(r["test"]) == {"0", "1"} and r["latency_ms"] > 0 for r in rows)
+    assert rows[0]["choices"] and rows[0]["path"] == load_arch(f"{run}/arch.json")["path"]
+    monkeypatch.setattr(ground_truth, "train_once", lambda *a: pytest.fail("trained a network again"))
+    ground_truth.main(argv)
+    with pytest.raises(ground_truth.UsageError, match="another recipe"):
+        ground_truth.main(argv + ["--lr", "0.05"])

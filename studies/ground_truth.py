@@ -1,0 +1,152 @@
+"""Ground truth for the laptop space: networks of the space trained stand-alone, each with several seeds, against
+which a search and its super network are judged (the practice of Yu et al. 2020 and Zhang et al. 2020; the
+baseline of Li & Talwalkar 2019).
+
+The networks: --networks N drawn uniformly from the space (a random path, a random candidate per layer;
+studies/random_search.py) and chosen to spread evenly over its FLOPs range (the pool's range cut into N equal
+bins, the network nearest each bin's centre), plus the derived network of every --searched search folder. Each is
+trained from scratch with one recipe (retrain.Recipe: SGD, cosine, label smoothing) on the search's training split
+for every --seeds seed and read on the search's validation split and on the test set. OUT/table.jsonl gets one
+record per network: the arch, its layer choices and path (to read it from a super network), FLOPs, params, CPU
+latency (batch 1, median of 30), and the validation and test top-1 for each seed. A run resumes where it stopped.
+The agreement of the seeds (Kendall tau of their validation accuracies, with a bootstrap interval) is the noise
+ceiling of any ranking against this table. Test accuracy is reported, never used to choose anything.
+
+    python -m studies ground_truth --out runs/ground_truth --networks 48 --seeds 0 1 --searched runs/laptop
+"""
+import argparse
+import os
+import time
+
+import torch
+
+import latency
+import retrain
+from cost import arch_cost, flops_table
+from machinery import cli, runtime
+from machinery.cli import SEED, ArgumentParser, UsageError, integer, number
+from machinery.data import load_data
+from machinery.draw import load_arch_params
+from studies.random_search import random_arch
+from studies.stats import bootstrap_interval, kendall
+from supernet import get_space
+from viterbi import derive
+
+TABLE = "table.jsonl"
+
+
+def spread_over_flops(space, n, pool, generator):
+    """n architectures of `pool` uniform random draws, one nearest the centre of each of n equal bins of the pool's
+    FLOPs range (no network twice): [(arch, choices, flops)]."""
+    table, drawn = flops_table(space), []
+    for _ in range(pool):
+        alphas, p = random_arch(space, generator)
+        arch = derive(space, alphas, p)
+        drawn.append((arch, [int(a.argmax()) for a in alphas], arch_cost(arch, table)))
+    low, high = min(d[2] for d in drawn), max(d[2] for d in drawn)
+    chosen, used = [], set()
+    for k in range(n):
+        centre = low + (k + 0.5) * (high - low) / n
+        best = min((i for i in range(len(drawn)) if i not in used), key=lambda i: abs(drawn[i][2] - centre))
+        used.add(best)
+        chosen.append(drawn[best])
+    return chosen
+
+
+def searched_network(folder, space):
+    """The derived network of a search folder, with the layer choices (argmax alpha) it was derived with."""
+    s, alphas, p = load_arch_params(os.path.join(folder, "arch_params.json"))
+    if (s.name, s.input_size, s.num_classes) != (space.name, space.input_size, space.num_classes):
+        raise UsageError(f"{folder} searched '{s.name}' at {s.input_size}px, not this table's '{space.name}' at "
+                         f"{space.input_size}px")
+    arch = derive(s, alphas, p)
+    return arch, [max(range(len(a)), key=lambda i: a[i]) for a in alphas], arch_cost(arch, flops_table(space))
+
+
+def train_once(proc, arch, data, test, args, seed, name):
+    """Validation and test top-1 of `arch` trained from scratch with the recipe in args and this seed."""
+    torch.manual_seed(seed)
+    net = retrain.ArchNet(arch).to(proc.device, memory_format=torch.channels_last)
+    recipe = retrain.Recipe(proc, net, data.train, argparse.Namespace(**vars(args), seed=seed))
+    for epoch in range(args.epochs):
+        torch.manual_seed(seed * 1000 + epoch)
+        recipe.train_epoch(net, epoch, f"[{name} seed {seed} epoch {epoch + 1}/{args.epochs}]", args.epochs - epoch - 1)
+    return retrain.evaluate(proc, net, data.val, 256)[0], retrain.evaluate(proc, net, test, 256)[0]
+
+
+def cpu_latency_ms(arch):
+    net = retrain.ArchNet(arch).eval()
+    r = arch["input_size"]
+    return latency.time_ms(net, torch.randn(1, arch["in_channels"], r, r), warmup=5, repeats=30)
+
+
+def main(argv=None):
+    ap = ArgumentParser(__doc__, prog="python -m studies ground_truth")
+    ap.add_argument("--out", default=os.path.join("runs", "ground_truth"), help="output folder (default "
+                                                                                  "runs/ground_truth)")
+    ap.add_argument("--space", default="mini", help="search space (default mini, the laptop preset's)")
+    ap.add_argument("--data", default="fashion-mnist", help="data (default fashion-mnist, the laptop preset's)")
+    ap.add_argument("--input-size", type=integer(8, 1024), default=None, help="image size (default: the data's)")
+    ap.add_argument("--networks", type=integer(2, 10_000), default=48, help="random networks (default 48)")
+    ap.add_argument("--pool", type=integer(2, 10**6), default=4000,
+                    help="random draws the networks are chosen from (default 4000)")
+    ap.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
+    ap.add_argument("--searched", nargs="*", default=[], help="search folders whose derived networks join the table")
+    ap.add_argument("--split-seed", type=SEED, default=0, help="seed of the search's train/val split (default 0)")
+    g = ap.add_argument_group("the recipe (one for every network)")
+    g.add_argument("--epochs", type=integer(1, 1000), default=3, help="epochs (default 3)")
+    g.add_argument("--subset", type=integer(1), default=9600, help="training images (default 9600)")
+    g.add_argument("--batch-size", type=integer(1, 4096), default=128, help="batch size (default 128)")
+    g.add_argument("--lr", type=number(0, 10, low_open=True), default=0.1, help="learning rate (default 0.1)")
+    g.add_argument("--lr-min", type=number(0, 10), default=1e-4, help="final learning rate (default 1e-4)")
+    g.add_argument("--momentum", type=number(0, 0.999), default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=number(0, 1), default=4e-5, help="weight decay (default 4e-5)")
+    g.add_argument("--label-smoothing", type=number(0, 0.99), default=0.1, help="label smoothing (default 0.1)")
+    g.add_argument("--log-every", type=number(0, low_open=True), default=30.0,
+                   help="seconds between progress lines (default 30)")
+    args = ap.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UsageError("the --seeds must be distinct")
+    data = load_data(args.data, "search", args.split_seed, args.input_size, args.subset)
+    test = load_data(args.data, "retrain", args.split_seed, data.input_size).val
+    space = get_space(args.space, data.input_size, data.in_channels, data.num_classes)
+    recipe = {k: getattr(args, k) for k in ("epochs", "subset", "batch_size", "lr", "lr_min", "momentum",
+                                            "weight_decay", "label_smoothing", "seeds", "split_seed", "data")}
+    cli.claim_folder(args.out)
+    path = os.path.join(args.out, TABLE)
+    done = {r["id"]: r for r in cli.read_log(path)} if os.path.exists(path) else {}
+    for r in done.values():
+        if r.get("recipe") != recipe:
+            raise UsageError(f"{path} was made with another recipe ({r.get('recipe')}); use another --out")
+    # a searched network already in the table needs its folder no more
+    networks = [("searched", folder, *searched_network(folder, space)) for folder in args.searched
+                if folder not in done]
+    networks += [("random", f"random-{k}", *net) for k, net in enumerate(
+        spread_over_flops(space, args.networks, args.pool, torch.Generator().manual_seed(args.split_seed)))]
+    proc, t0 = runtime.Proc(0, 1, torch.device("cpu"), 0, False), time.time()
+    todo = [n for n in networks if n[1] not in done]
+    print(f"{len(todo)} networks of '{space.name}' to train ({len(done)} done), {len(args.seeds)} seeds each; data "
+          f"{data.info}", flush=True)
+    for k, (kind, name, arch, choices, flops) in enumerate(todo):
+        accs = {seed: train_once(proc, arch, data, test, args, seed, name) for seed in args.seeds}
+        record = {"id": name, "kind": kind, "arch": arch, "path": arch["path"], "choices": choices, "flops": flops,
+                  "params": retrain.profile(arch)["params"], "latency_ms": cpu_latency_ms(arch),
+                  "val": {str(s): a[0] for s, a in accs.items()}, "test": {str(s): a[1] for s, a in accs.items()},
+                  "recipe": recipe}
+        cli.append_line(path, record)
+        done[name] = record
+        rate = (time.time() - t0) / (k + 1)
+        print(f"{name}: {flops / 1e6:.2f}M FLOPs, val {[round(a[0], 2) for a in accs.values()]}, test "
+              f"{[round(a[1], 2) for a in accs.values()]}; {k + 1}/{len(todo)}, ETA "
+              f"{runtime.fmt_time(rate * (len(todo) - k - 1))}", flush=True)
+    report(list(done.values()), args.seeds)
+
+
+def report(records, seeds):
+    """The noise ceiling: how well the seeds' validation accuracies agree."""
+    if len(records) < 3 or len(seeds) < 2:
+        return
+    a, b = ([r["val"][str(s)] for r in records] for s in seeds[:2])
+    lo, hi = bootstrap_interval(kendall, a, b)
+    print(f"{len(records)} networks; Kendall tau between seeds {seeds[0]} and {seeds[1]} (validation): "
+          f"{kendall(a, b):.3f} [{lo:.3f}, {hi:.3f}] (the noise ceiling)")
