@@ -12,7 +12,7 @@ from cost import arch_cost, flops_table
 from machinery import options
 from machinery.cli import load_arch
 from retrain import profile
-from studies import ground_truth, random_search, table1
+from studies import audit, ground_truth, random_search, table1
 from supernet import get_space
 from test_search import TOY, run
 from viterbi import derive
@@ -110,7 +110,7 @@ def test_ground_truth_spreads_over_flops_records_every_seed_and_resumes(tmp_path
     assert len({str(a) for a, _, _ in chosen}) == 4 and flops == sorted(flops)
     assert flops[0] <= min(pool) + width and flops[-1] >= max(pool) - width
     run = str(tmp_path / "s")
-    search.main(TOY[1:] + ["--epochs", "1", "--warmup-epochs", "1", "--out", run])
+    search.main(TOY[1:] + ["--epochs", "2", "--warmup-epochs", "1", "--out", run])
     argv = ["--out", str(tmp_path / "gt"), "--space", "toy", "--data", "fake", "--input-size", "16", "--networks", "3",
             "--pool", "40", "--epochs", "1", "--subset", "64", "--batch-size", "32", "--searched", run]
     ground_truth.main(argv)
@@ -122,3 +122,13 @@ def test_ground_truth_spreads_over_flops_records_every_seed_and_resumes(tmp_path
     ground_truth.main(argv)
     with pytest.raises(ground_truth.UsageError, match="another recipe"):
         ground_truth.main(argv + ["--lr", "0.05"])
+    # the audit reads each network from the super network as the search reads its derived one: with batch statistics
+    # at the search's batch size, the searched network's reading is the log's last derived_val_acc, exactly
+    audit.main(["--run", run, "--table", str(tmp_path / "gt" / "table.jsonl"), "--out", str(tmp_path / "audit"),
+                "--batch-size", "32", "--calib", "64"])
+    result = json.load(open(tmp_path / "audit" / "audit.json"))
+    last = [json.loads(line) for line in open(f"{run}/search_log.jsonl")][-1]
+    assert result["batch_stats"]["readings"][0] == last["derived_val_acc"]
+    for mode in ("batch_stats", "recalibrated", "flops", "noise_ceiling"):
+        assert set(result[mode]) >= {"kendall", "spearman", "top10_hit"}
+    assert len(result["recalibrated"]["readings"]) == 4 and (tmp_path / "audit" / "audit.svg").exists()

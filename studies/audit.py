@@ -1,0 +1,152 @@
+"""The ranking audit: does a search's super network rank the networks of its space as training them alone does?
+
+Every network of a ground-truth table (python -m studies ground_truth) is read from the super network of a search
+run, on its shared weights: only the blocks of its path, every layer at its candidate (SuperNet.forward with a
+path and samples, Sec. 3.4), on the search's validation split. Twice: with batch statistics in BN, as the search
+reads its super network (Search.evaluate), and with BN statistics recalibrated on --calib training images for that
+network before reading (as SPOS and NSE do). Against the stand-alone validation accuracy (the mean over the
+table's seeds) it reports Kendall tau, Spearman rho and the top-10% hit rate, each with a bootstrap 95% interval,
+and tau within FLOPs strata; beside them two baselines: the noise ceiling (the seeds' agreement) and ranking by
+FLOPs alone. A super network that ranks no better than FLOPs tells the search nothing. OUT/audit.json holds every
+figure and reading, OUT/audit.svg the one-shot against the stand-alone accuracy.
+
+    python -m studies audit --run runs/laptop --table studies/tables/ground-truth-laptop/table.jsonl --out runs/audit
+"""
+import math
+import os
+
+import torch
+import torch.nn as nn
+
+from machinery import cli
+from machinery.cli import ArgumentParser, UsageError, integer
+from machinery.data import load_data, make_loader
+from machinery.draw import scatter_svg
+from studies.stats import bootstrap_interval, kendall, spearman, top_hit_rate
+from supernet import SuperNet, get_space
+
+
+def load_run(run):
+    """The super network of a search run (its last checkpoint) and the search's data, as the run had them."""
+    settings = cli.read_settings(run)
+    data = load_data(settings["data"], "search", settings["seed"], settings["input_size"], settings["subset"],
+                     settings["classes"], split_file=os.path.join(run, cli.SPLIT), verify_images=False)
+    space = get_space(settings["space"], data.input_size, data.in_channels, data.num_classes, settings["connect"])
+    net = SuperNet(space, init=False)
+    ck = cli.load_checkpoint(os.path.join(run, cli.CHECKPOINT))
+    cli.load_states(ck if isinstance(ck, dict) else {}, {"model": net}, "super network")
+    return net, data, settings
+
+
+def read_network(net, record, val_batches, calib_batches=None):
+    """Top-1 (%) of one network of the space read from the super network on val_batches. calib_batches None: BN
+    normalises with each batch's statistics (the search's reading); else its running statistics are first
+    re-estimated on calib_batches for this network alone (a cumulative average), then used in eval mode."""
+    samples = {slot: [c] for slot, c in enumerate(record["choices"])}
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    with torch.no_grad():
+        if calib_batches is None:
+            for m in bns:
+                m.momentum = 0.0  # batch statistics, running ones untouched
+            net.train()
+        else:
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average over the calibration batches
+            net.train()
+            for x, _ in calib_batches:
+                net(x, samples, record["path"])
+            net.eval()
+        correct = total = 0
+        for x, y in val_batches:
+            correct += (net(x, samples, record["path"]).argmax(1) == y).sum().item()
+            total += len(y)
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    return 100.0 * correct / max(total, 1)
+
+
+def ranking(predicted, truth):
+    """tau, rho and the top-10% hit rate of `predicted` against `truth`, each with a bootstrap 95% interval."""
+    out = {}
+    for name, fn in (("kendall", kendall), ("spearman", spearman), ("top10_hit", top_hit_rate)):
+        lo, hi = bootstrap_interval(fn, predicted, truth)
+        out[name] = {"value": fn(predicted, truth), "interval": [lo, hi]}
+    return out
+
+
+def strata_tau(predicted, truth, flops, strata=4):
+    """Kendall tau within each of `strata` equal-count FLOPs strata: how well a ranking separates networks of about
+    the same cost, where FLOPs alone cannot."""
+    order = sorted(range(len(flops)), key=lambda i: flops[i])
+    taus = []
+    for k in range(strata):
+        idx = order[k * len(order) // strata:(k + 1) * len(order) // strata]
+        if len(idx) >= 3:
+            taus.append(kendall([predicted[i] for i in idx], [truth[i] for i in idx]))
+    return taus
+
+
+def main(argv=None):
+    ap = ArgumentParser(__doc__, prog="python -m studies audit")
+    ap.add_argument("--run", required=True, help="a search folder (its args.json and checkpoint.pt)")
+    ap.add_argument("--table", required=True, help="a ground-truth table.jsonl (python -m studies ground_truth)")
+    ap.add_argument("--out", default=os.path.join("runs", "audit"), help="output folder (default runs/audit)")
+    ap.add_argument("--calib", type=integer(1, 10**6), default=2048,
+                    help="training images that recalibrate BN before each reading (default 2048)")
+    ap.add_argument("--batch-size", type=integer(1, 4096), default=256, help="batch size of the readings (default 256)")
+    args = ap.parse_args(argv)
+    net, data, settings = load_run(args.run)
+    if not os.path.isfile(args.table):
+        raise UsageError(f"--table {args.table} does not exist")
+    records = cli.read_log(args.table)
+    if len(records) < 3:
+        raise UsageError(f"{args.table} holds {len(records)} networks; a ranking needs at least 3")
+    if any(len(r.get("choices", [])) != len(net.layers) for r in records):
+        raise UsageError(f"{args.table} holds networks of another space than the run's '{settings['space']}'")
+    val = list(make_loader(data.val, args.batch_size, False, 0, 0, drop_last=False))
+    calib = list(make_loader(data.train, args.batch_size, True, 0, settings["seed"]))[
+        :math.ceil(args.calib / args.batch_size)]
+    seeds = sorted(records[0]["val"])
+    truth = [sum(r["val"][s] for s in seeds) / len(seeds) for r in records]
+    flops = [r["flops"] for r in records]
+    readings = {"batch_stats": [], "recalibrated": []}
+    for k, r in enumerate(records):
+        readings["batch_stats"].append(read_network(net, r, val))
+        readings["recalibrated"].append(read_network(net, r, val, calib))
+        print(f"[{k + 1}/{len(records)}] {r['id']}: stand-alone {truth[k]:.2f}%, one-shot "
+              f"{readings['batch_stats'][-1]:.2f}% (batch statistics), {readings['recalibrated'][-1]:.2f}% "
+              "(recalibrated)", flush=True)
+    result = {"run": os.path.abspath(args.run), "table": os.path.abspath(args.table), "networks": len(records),
+              "calib_images": min(args.calib, len(calib) * args.batch_size),
+              "flops": ranking(flops, truth)}
+    if len(seeds) >= 2:
+        a, b = ([r["val"][s] for r in records] for s in seeds[:2])
+        result["noise_ceiling"] = ranking(a, b)
+    for mode, acc in readings.items():
+        result[mode] = ranking(acc, truth) | {"strata_tau": strata_tau(acc, truth, flops), "readings": acc}
+    report(result, seeds)
+    os.makedirs(args.out, exist_ok=True)
+    cli.save_json_atomic(result, os.path.join(args.out, "audit.json"))
+    series = {name: (colour, list(zip(truth, readings[mode]))) for name, mode, colour in
+              (("batch statistics", "batch_stats", "#9e9e9e"), ("recalibrated BN", "recalibrated", "#d62728"))}
+    cli.save_text_atomic(scatter_svg(series, "stand-alone validation top-1 (%)", "one-shot validation top-1 (%)",
+                                     "the super network's reading against training alone"),
+                         os.path.join(args.out, "audit.svg"))
+    print(f"outputs: {os.path.join(args.out, 'audit.json')}, {os.path.join(args.out, 'audit.svg')}")
+
+
+def report(result, seeds):
+    def fmt(r):
+        return (f"{r['value']:6.3f} [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]"
+                if not math.isnan(r["value"]) else "   n/a")
+    rows = [("noise ceiling (seeds)", result.get("noise_ceiling")), ("FLOPs alone", result["flops"]),
+            ("one-shot, batch statistics", result["batch_stats"]), ("one-shot, recalibrated BN", result["recalibrated"])]
+    print(f"\n{result['networks']} networks; stand-alone: mean validation top-1 over seeds {', '.join(seeds)}")
+    print(f"{'ranking by':<28} {'Kendall tau':>24} {'Spearman rho':>24} {'top-10% hit':>24}")
+    for name, r in rows:
+        if r is not None:
+            print(f"{name:<28} {fmt(r['kendall']):>24} {fmt(r['spearman']):>24} {fmt(r['top10_hit']):>24}")
+    for mode in ("batch_stats", "recalibrated"):
+        print(f"tau within FLOPs strata ({mode}): {[round(t, 3) for t in result[mode]['strata_tau']]}")
