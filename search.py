@@ -227,21 +227,15 @@ class Search:
         (momentum 0, so the running statistics are left as they are)."""
         net = self.net
         path, samples = derive_supernet(net)["path"], net.argmax_samples()
-        bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-        momenta = [m.momentum for m in bns]
-        for m in bns:
-            m.momentum = 0.0
         net.train()
         correct, total = [0, 0], 0
-        with torch.no_grad():
+        with torch.no_grad(), bn_momentum(net, 0.0):
             for x, y in self.proc.loader(self.data.val, self.args.batch_size, False, 0, self.args.seed,
                                          drop_last=False):
                 with self.proc.autocast():
                     for k, p in enumerate((None, path)):
                         correct[k] += (net(x, samples, p).argmax(1) == y).sum().item()
                 total += len(y)
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
         *correct, total = runtime.all_reduce_sum(correct + [total], self.proc.device)
         return {"val_acc": 100.0 * correct[0] / max(total, 1), "derived_val_acc": 100.0 * correct[1] / max(total, 1)}
 
@@ -255,6 +249,21 @@ class Search:
         self.epoch, self.weight_steps, self.best = cli.load_states(
             ck, {"model": self.net, "w_opt": self.w_opt, "w_schedule": self.w_schedule, "a_opt": self.a_opt},
             "super network", {"epoch": int, "global_step": int, "best": (dict, type(None))})
+
+
+@contextlib.contextmanager
+def bn_momentum(net, momentum):
+    """Every BN layer of net with this momentum while the block runs, its own put back after: 0 normalises with
+    batch statistics and leaves the running ones as they are; None makes them a cumulative average."""
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = momentum
+    try:
+        yield bns
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
 
 
 def accuracy(logits, y):

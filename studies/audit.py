@@ -16,12 +16,12 @@ import math
 import os
 
 import torch
-import torch.nn as nn
 
 from machinery import cli
 from machinery.cli import ArgumentParser, UsageError, integer
 from machinery.data import load_data, make_loader
 from machinery.draw import scatter_svg
+from search import bn_momentum
 from studies.stats import bootstrap_interval, kendall, spearman, top_hit_rate
 from supernet import SuperNet, get_space
 
@@ -43,18 +43,11 @@ def read_network(net, record, val_batches, calib_batches=None):
     normalises with each batch's statistics (the search's reading); else its running statistics are first
     re-estimated on calib_batches for this network alone (a cumulative average), then used in eval mode."""
     samples = {slot: [c] for slot, c in enumerate(record["choices"])}
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [m.momentum for m in bns]
-    with torch.no_grad():
-        if calib_batches is None:
-            for m in bns:
-                m.momentum = 0.0  # batch statistics, running ones untouched
-            net.train()
-        else:
+    net.train()
+    with torch.no_grad(), bn_momentum(net, 0.0 if calib_batches is None else None) as bns:
+        if calib_batches is not None:  # re-estimated as a cumulative average over the calibration batches
             for m in bns:
                 m.reset_running_stats()
-                m.momentum = None  # a cumulative average over the calibration batches
-            net.train()
             for x, _ in calib_batches:
                 net(x, samples, record["path"])
             net.eval()
@@ -62,8 +55,6 @@ def read_network(net, record, val_batches, calib_batches=None):
         for x, y in val_batches:
             correct += (net(x, samples, record["path"]).argmax(1) == y).sum().item()
             total += len(y)
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
     return 100.0 * correct / max(total, 1)
 
 

@@ -30,7 +30,7 @@ from machinery.draw import load_arch_params
 from studies.random_search import random_arch
 from studies.stats import bootstrap_interval, kendall
 from supernet import get_space
-from viterbi import derive
+from viterbi import argmax, derive
 
 TABLE = "table.jsonl"
 
@@ -42,7 +42,7 @@ def spread_over_flops(space, n, pool, generator):
     for _ in range(pool):
         alphas, p = random_arch(space, generator)
         arch = derive(space, alphas, p)
-        drawn.append((arch, [int(a.argmax()) for a in alphas], arch_cost(arch, table)))
+        drawn.append((arch, [argmax(a) for a in alphas], arch_cost(arch, table)))
     low, high = min(d[2] for d in drawn), max(d[2] for d in drawn)
     chosen, used = [], set()
     for k in range(n):
@@ -60,7 +60,7 @@ def searched_network(folder, space):
         raise UsageError(f"{folder} searched '{s.name}' at {s.input_size}px, not this table's '{space.name}' at "
                          f"{space.input_size}px")
     arch = derive(s, alphas, p)
-    return arch, [max(range(len(a)), key=lambda i: a[i]) for a in alphas], arch_cost(arch, flops_table(space))
+    return arch, [argmax(a) for a in alphas], arch_cost(arch, flops_table(space))
 
 
 def train_once(proc, arch, data, test, args, seed, name):

@@ -124,8 +124,6 @@ def load_random_state(path):
     return state
 
 
-
-
 def parse_args(argv=None):
     """search.py's settings (space, data, recipe, devices; through parents=) and --random K --target-flops F."""
     ap = ArgumentParser(__doc__, prog="python -m studies random",
