@@ -6,7 +6,10 @@ uses one definition of each.
     top_hit_rate(predicted, truth, fraction)   the share of the truly best `fraction` that the prediction puts there
     bootstrap_interval(statistic, x, y)        a percentile interval, resampling the (x, y) pairs
     permutation_p(a, b)                        one-sided p of mean(a) > mean(b) under exchangeability
+    percentile(value, peers)                   the share (%) of peers below value, ties counted half
+    matched_permutation_p(groups)              one-sided p that each group's first member beats its group by chance
 """
+import itertools
 import math
 
 import torch
@@ -83,4 +86,28 @@ def permutation_p(a, b, samples=10000, seed=0):
     for _ in range(samples):
         perm = both[torch.randperm(len(both), generator=g)]
         hits += int(perm[:n].mean() - perm[n:].mean() >= observed - 1e-12)
+    return hits / (samples + 1)
+
+
+def percentile(value, peers):
+    """The share (%) of `peers` below `value`, a tie counting half: 50 is the peers' median."""
+    below = sum(v < value for v in peers) + 0.5 * sum(v == value for v in peers)
+    return 100.0 * below / len(peers)
+
+
+def matched_permutation_p(groups, samples=100000, seed=0):
+    """One-sided p-value of T = sum over groups of (first member - the group's mean), each group a list [treated,
+    *peers], under the null that within each group the treated one is any member with equal chance (a stratified
+    permutation test: one searched network against random networks of its FLOPs, per seed). Exact when the
+    groups' sizes multiply to at most `samples`, else that many random draws (the observed one counted)."""
+    centred = [_vec(g) - _vec(g).mean() for g in groups]
+    observed = float(sum(c[0] for c in centred))
+    if math.prod(len(c) for c in centred) <= samples:
+        sums = [float(sum(pick)) for pick in itertools.product(*(c.tolist() for c in centred))]
+        return sum(t >= observed - 1e-9 for t in sums) / len(sums)
+    g = torch.Generator().manual_seed(seed)
+    hits = 1
+    for _ in range(samples):
+        t = sum(float(c[torch.randint(len(c), (), generator=g)]) for c in centred)
+        hits += t >= observed - 1e-9
     return hits / (samples + 1)

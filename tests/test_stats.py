@@ -5,7 +5,8 @@ import math
 import torch
 from hypothesis import given, settings, strategies as st
 
-from studies.stats import bootstrap_interval, kendall, pearson, permutation_p, ranks, spearman, top_hit_rate
+from studies.stats import (bootstrap_interval, kendall, matched_permutation_p, pearson, percentile, permutation_p,
+                           ranks, spearman, top_hit_rate)
 
 values = st.lists(st.integers(-5, 5), min_size=3, max_size=12)
 
@@ -73,3 +74,29 @@ def test_permutation_p_matches_exact_enumeration():
                 for s in splits) / len(splits)
     assert abs(permutation_p(a, b, samples=20000) - exact) < 0.01
     assert permutation_p(b, a, samples=2000) > 0.9  # the other direction: no evidence at all
+
+
+def test_percentile_counts_ties_half():
+    assert percentile(5, [1, 2, 3, 4]) == 100 and percentile(0, [1, 2]) == 0
+    assert percentile(2, [1, 2, 3]) == 50 and percentile(2.5, [1, 2, 3, 4]) == 50
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 6), min_size=2, max_size=5), min_size=1, max_size=4))
+def test_matched_permutation_p_is_the_share_of_assignments_at_least_as_extreme(groups):
+    """Exact: the share of the ways to call one member of each group 'treated' whose summed lead over its group's
+    mean is at least the observed one; the sampled version comes close to it."""
+    observed = sum(g[0] - sum(g) / len(g) for g in groups)
+    picks = list(itertools.product(*groups))
+    lead = [sum(v - sum(g) / len(g) for v, g in zip(pick, groups)) for pick in picks]
+    exact = sum(t >= observed - 1e-9 for t in lead) / len(picks)
+    assert math.isclose(matched_permutation_p(groups), exact)
+    if len(picks) > 100:  # more assignments than draws: sampled, within 4 standard errors of its 100 draws
+        assert abs(matched_permutation_p(groups, samples=100) - exact) < 4 * 0.5 / math.sqrt(100) + 0.01
+
+
+def test_matched_permutation_p_known_cases():
+    """Three searched networks each best of its 9 peers: p = (1/10)^3; each the median: p near one half or more."""
+    best = [[10.0] + list(range(9)) for _ in range(3)]
+    assert math.isclose(matched_permutation_p(best), 1e-3)
+    assert matched_permutation_p([[4.0] + list(range(9)) for _ in range(3)]) > 0.4
