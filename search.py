@@ -55,6 +55,19 @@ def sample_candidates(net, k, generator):
     return samples
 
 
+def sample_path(net, generator):
+    """A path B_0 -> B_n drawn as a walk over the connections, from each block to one of the next M with
+    probability p_ij (Eq. 3). Not in the paper (--sample-path): a weight step on one path trains every block as the
+    derived network and the readings use it, fed by its predecessor alone, not by the p-weighted sum of Eq. 4."""
+    p, space = net.path_probs().detach().float().cpu(), net.space
+    outgoing = {space.edges[a][0]: range(a, b) for a, b in space.out_edge_ranges}  # B_i's connections in p
+    path = [0]
+    while path[-1] != space.n:
+        out = outgoing[path[-1]]
+        path.append(space.edges[out[torch.multinomial(p[out.start:out.stop], 1, generator=generator).item()]][1])
+    return path
+
+
 def rebias(alphas, old, samples, temperature=1.0):
     """Eq. 10: bias_s = T ln(sum_s exp(alpha_old / T) / sum_s exp(alpha_new / T)) is added to the
     updated sampled alphas, so w = softmax(alpha / T) of every unsampled candidate is unchanged (the
@@ -92,11 +105,12 @@ class Objective:
         return self.criterion(logits.float(), y) + self.lam * torch.log(cost) / math.log(self.tau), cost
 
 
-def weight_step(net, opt, criterion, x, y, samples, autocast=contextlib.nullcontext()):
+def weight_step(net, opt, criterion, x, y, samples, autocast=contextlib.nullcontext(), path=None):
     """One step on the operation weights (stage 1, and the weight half of stage 2): the sub-network
-    of one sampled candidate per layer (dropping-path), cross-entropy, SGD. alpha and beta are frozen."""
+    of one sampled candidate per layer (dropping-path), cross-entropy, SGD. alpha and beta are frozen.
+    path: None (every block, Eq. 4), or one sampled path (sample_path) whose blocks alone run."""
     with autocast:
-        logits = net(x, samples)
+        logits = net(x, samples, path)
     loss = criterion(logits.float(), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -183,8 +197,10 @@ class Search:
         net = self.net
         loader, g, bar = self.begin("weights", epoch)
         for x, y in loader:
-            logits, loss = weight_step(net, self.w_opt, self.objective.criterion, x, y, sample_candidates(net, 1, g),
-                                       self.proc.autocast())
+            samples = sample_candidates(net, 1, g)
+            path = sample_path(net, g) if self.args.sample_path else None
+            logits, loss = weight_step(net, self.w_opt, self.objective.criterion, x, y, samples, self.proc.autocast(),
+                                       path)
             self.w_schedule.step()
             self.after_step(loss, f"epoch {epoch + 1}, weight step {bar.step + 1}")
             self.weight_steps += 1

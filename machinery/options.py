@@ -56,6 +56,10 @@ def search_parser(defaults, description=None, add_help=True):
                          "search epoch)")
     ap.add_argument("--log-every", type=number(0, low_open=True), default=5.0,
                     help="seconds between progress lines (default 5)")
+    ap.add_argument("--sample-path", action="store_true",
+                    help="not in the paper: every weight step runs one path drawn from p (a walk B_0 -> B_n) instead "
+                         "of every block mixed by Eq. 4, so each block learns to work fed by one predecessor, as in "
+                         "the derived network")
     ap.set_defaults(random=None, target_flops=None)  # the random-search baseline's (studies/random_search.py)
     h = ap.add_argument_group("schedule and optimisers (defaults: the paper's, per space)")
 
@@ -130,7 +134,7 @@ def run_config(args):
     keys = ("space", "data", "input_size", "subset", "classes", "connect", "seed", "epochs", "warmup_epochs",
             "batch_size", "cost", "lut", "estimator", "random", "target_flops", "lr", "lr_min", "momentum",
             "weight_decay", "label_smoothing", "arch_lr", "arch_betas", "arch_weight_decay", "lam", "tau", "gpus",
-            "procs", "amp")
+            "procs", "amp", "sample_path")
     return {k: cli.plain(getattr(args, k)) for k in keys}  # plain values, as args.json holds them
 
 

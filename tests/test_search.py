@@ -26,6 +26,7 @@ from retrain import profile
 import search
 from search import rebias, sample_candidates
 import supernet
+import viterbi
 from studies import random_search
 from supernet import BasicLayer, get_space
 
@@ -93,6 +94,30 @@ def test_sampling_follows_softmax_alpha():
     assert torch.all((counts / draws - p).abs() < 4 * torch.sqrt(p * (1 - p) / draws) + 1e-3)
     two = sample_candidates(net, 2, g)[0]
     assert len(set(two)) == 2  # two different candidates, without replacement
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_sampled_paths_are_paths_drawn_by_p(seed):
+    """--sample-path: a walk B_0 -> B_n over the connections; a hop i -> j is taken with probability p_ij (Eq. 3),
+    checked on the first hop's frequencies; with p near one-hot the walk is the Viterbi path."""
+    net = supernet.SuperNet(get_space("toy", 16, 3, 10))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        net.beta.copy_(torch.randn(len(net.space.edges), generator=g))
+    space, p = net.space, net.path_probs().detach()
+    draws, first = 2000, {}
+    for _ in range(draws):
+        path = search.sample_path(net, g)
+        assert path[0] == 0 and path[-1] == space.n and set(zip(path, path[1:])) <= set(space.edges)
+        first[path[1]] = first.get(path[1], 0) + 1
+    for k, (i, j) in enumerate(space.edges):
+        if i == 0:
+            q = p[k].item()
+            assert abs(first.get(j, 0) / draws - q) < 4 * (q * (1 - q) / draws) ** 0.5 + 1e-3
+    with torch.no_grad():
+        net.beta.mul_(1000)
+    assert search.sample_path(net, g) == viterbi.derive_supernet(net)["path"]
 
 
 def test_arch_step_at_temperature_mixes_and_rebiases_with_it():
