@@ -119,9 +119,11 @@ def supernet_svg(space, p, path, title=None):
     return _svg(left + dx * space.n + 60, top + dy * len(levels) + 10, body)
 
 
-def scatter_svg(series, xlabel, ylabel, title):
-    """series: {name: (colour, [(x, y), ...])}; every point is a circle with id point-NAME-K."""
-    pts = [pt for _, ps in series.values() for pt in ps]
+def scatter_svg(series, xlabel, ylabel, title, lines=None):
+    """series: {name: (colour, [(x, y), ...])}; every point is a circle with id point-NAME-K. lines: {name: (colour,
+    [(x, y), ...])} drawn as a step line (a Pareto front) with id line-NAME."""
+    lines = lines or {}
+    pts = [pt for _, ps in list(series.values()) + list(lines.values()) for pt in ps]
     (x0, x1), (y0, y1) = ((min(v), max(v)) for v in zip(*pts))
     pad_x, pad_y = 0.08 * (x1 - x0 or abs(x0) or 1), 0.08 * (y1 - y0 or abs(y0) or 1)
     x0, x1, y0, y1 = x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y
@@ -139,7 +141,17 @@ def scatter_svg(series, xlabel, ylabel, title):
         (tx, _), (_, ty) = px(xv, y0), px(x0, yv)
         body.append(f'<text x="{tx:.1f}" y="{top + h + 16}" text-anchor="middle">{xv:.3g}</text>'
                     f'<text x="{left - 6}" y="{ty + 4:.1f}" text-anchor="end">{yv:.3g}</text>')
-    for k, (name, (colour, ps)) in enumerate(series.items()):
+    for name, (colour, ps) in lines.items():
+        steps = [ps[0]] + [q for a, b in zip(ps, ps[1:]) for q in ((b[0], a[1]), b)]  # across, then up
+        xy = " ".join("{:.1f},{:.1f}".format(*px(x, y)) for x, y in steps)
+        body.append(f'<polyline id="line-{escape(name)}" points="{xy}" fill="none" stroke="{colour}" '
+                    f'stroke-width="1.5"><title>{escape(name)}</title></polyline>')
+    for k, (name, (colour, ps)) in enumerate(list(series.items()) + list(lines.items())):
+        if name in lines:
+            y = top + 10 + 20 * k
+            body.append(f'<line x1="{left + w + 14}" y1="{y}" x2="{left + w + 26}" y2="{y}" stroke="{colour}" '
+                        f'stroke-width="1.5"/><text x="{left + w + 30}" y="{y + 4}">{escape(name)}</text>')
+            continue
         for n, (x, y) in enumerate(ps):
             cx, cy = px(x, y)
             body.append(f'<circle id="point-{escape(name)}-{n}" cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{colour}" '
@@ -147,7 +159,7 @@ def scatter_svg(series, xlabel, ylabel, title):
                         f'{x:.4g}, {y:.4g}</title></circle>')
         body.append(f'<circle cx="{left + w + 20}" cy="{top + 10 + 20 * k}" r="5" fill="{colour}"/>'
                     f'<text x="{left + w + 30}" y="{top + 14 + 20 * k}">{escape(name)}</text>')
-    return _svg(left + w + 120, top + h + 50, body)
+    return _svg(left + w + 170, top + h + 50, body)
 
 
 # ----------------------------------------------------------------------------------------

@@ -292,7 +292,8 @@ def main(argv=None):
     ap.add_argument("--input-size", type=int, default=None, help="input image size (default 64; 224 with --gpu-check)")
     ap.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000)")
     ap.add_argument("--batch-size", type=integer(1, 4096), default=None,
-                    help="images per step (default 32; with --gpu-check 88, the paper's 352 over 4 GPUs)")
+                    help="images per step (default 32; 128 with --retrain-workers; with --gpu-check 88, the "
+                         "paper's 352 over 4 GPUs)")
     ap.add_argument("--device", default=None, help="cpu or cuda[:k] (default cpu; cuda with --gpu-check)")
     ap.add_argument("--amp", action="store_true", help="the super network's steps in bf16 autocast on CUDA, as "
                                                        "search.py --amp (the reference stays float32)")
@@ -302,6 +303,11 @@ def main(argv=None):
     ap.add_argument("--mem-steps", type=integer(1), default=2,
                     help="samples whose peak memory is measured, in extra untimed steps (default 2)")
     ap.add_argument("--seed", type=SEED, default=0, help="seed of the weights, the batch and the samples (default 0)")
+    ap.add_argument("--retrain-workers", type=integer(2, 64), default=None, metavar="W",
+                    help="instead: stand-alone training of --arch on the CPU, one training on all cores against W at "
+                         "once on cores/W threads each (studies.ground_truth --workers), side by side")
+    ap.add_argument("--rounds", type=integer(1, 1000), default=5,
+                    help="--retrain-workers: rounds of the two, taking turns (default 5)")
     g = ap.add_argument_group("the GPU check (README, 'Checking a GPU machine')")
     g.add_argument("--gpu-check", action="store_true",
                    help="on one GPU, run the real paths at real sizes and print one JSON line: this benchmark at "
@@ -314,6 +320,9 @@ def main(argv=None):
                    help="its per-GPU batch (default 128, the paper's 1024 over 8 GPUs)")
     args = ap.parse_args(argv)
     check = args.gpu_check
+    if args.retrain_workers:
+        args.batch_size = args.batch_size or 128  # retrain.py's laptop batch
+        return retrain_workers(args)
     for key, value in (("device", "cuda" if check else "cpu"), ("input_size", 224 if check else 64),
                        ("batch_size", 88 if check else 32)):
         if getattr(args, key) is None:
@@ -457,8 +466,9 @@ def check_parts(args):
     return out
 
 
-def retrain_step(arch, dev, batch_size, amp, steps):
-    """img/s and peak memory of retrain.py's training step (retrain.sgd_steps) on the arch, synthetic batches."""
+def retrain_step(arch, dev, batch_size, amp, steps, barrier=None, memory=True):
+    """img/s and peak memory of retrain.py's training step (retrain.sgd_steps) on the arch, synthetic batches; the
+    timing starts when every party of `barrier` (if any) is warm."""
     torch.manual_seed(0)
     net = ArchNet(arch).to(dev, memory_format=torch.channels_last)
     r = arch["input_size"]
@@ -472,9 +482,61 @@ def retrain_step(arch, dev, batch_size, amp, steps):
         bar = runtime.Progress("retrain", n, batch_size, enabled=False)
         sgd_steps(net, [batch] * n, opt, criterion, None, autocast, bar)
     run(2)  # kernels chosen and momentum buffers made before timing
+    if barrier is not None:
+        barrier.wait()
     seconds = timed(lambda: run(steps), dev)
     return {"arch": arch.get("space"), "batch_size": batch_size, "img_s": steps * batch_size / seconds,
-            "peak_MiB": peak_bytes(lambda: run(1), dev) / 2**20}
+            "peak_MiB": peak_bytes(lambda: run(1), dev) / 2**20 if memory else None}
+
+
+# ----------------------------------------------------------------------------------------
+# Stand-alone training: one at a time on all cores, or W at once (studies.ground_truth --workers)
+
+def _train_worker(arch, threads, batch_size, steps, barrier, results):
+    torch.set_num_threads(threads)
+    results.put(retrain_step(arch, torch.device("cpu"), batch_size, False, steps, barrier, memory=False)["img_s"])
+
+
+def trainings_at_once(arch, workers, threads, batch_size, steps):
+    """Summed img/s of `workers` spawned processes training `arch` together, each on `threads` threads; their
+    timed steps start together (a barrier after each one's warm-up)."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_train_worker, args=(arch, threads, batch_size, steps, barrier, results))
+             for _ in range(workers)]
+    for p in procs:
+        p.start()
+    rates = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+        if p.exitcode:
+            raise RuntimeError(f"a training process exited with {p.exitcode}")
+    return sum(rates)
+
+
+def retrain_workers(args):
+    """Stand-alone training of --arch at --batch-size: one training on every core, against --retrain-workers at once
+    on cores/W threads each, taking turns (which goes first alternates); the median over --rounds of each and of the
+    ratio of the two in one round. Every figure in a spawned process, so neither path runs in this one's state."""
+    arch, cores = load_arch(args.arch), os.cpu_count() or 1
+    w = args.retrain_workers
+    ones, many, ratios = [], [], []
+    for r in range(args.rounds):
+        order = ("one", "many") if r % 2 == 0 else ("many", "one")
+        got = {kind: trainings_at_once(arch, 1 if kind == "one" else w, cores if kind == "one" else max(1, cores // w),
+                                       args.batch_size, args.steps) for kind in order}
+        ones.append(got["one"])
+        many.append(got["many"])
+        ratios.append(got["many"] / got["one"])
+        print(f"round {r + 1}/{args.rounds}: one training on {cores} threads {got['one']:.0f} img/s, {w} at once "
+              f"{got['many']:.0f} img/s in all: x{ratios[-1]:.2f}", file=sys.stderr, flush=True)
+    out = {"arch": os.path.abspath(args.arch), "batch_size": args.batch_size, "steps": args.steps, "cores": cores,
+           "workers": w, "one_img_s": statistics.median(ones), "at_once_img_s": statistics.median(many),
+           "speedup": statistics.median(ratios), "rounds": args.rounds}
+    print(f"stand-alone training, batch {args.batch_size}: one at a time {out['one_img_s']:.0f} img/s, {w} at once "
+          f"{out['at_once_img_s']:.0f} img/s: x{out['speedup']:.2f} (median of {args.rounds} paired rounds)")
+    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -4,17 +4,21 @@ baseline of Li & Talwalkar 2019).
 
 The networks: --networks N drawn uniformly from the space (a random path, a random candidate per layer;
 studies/random_search.py) and chosen to spread evenly over its FLOPs range (the pool's range cut into N equal
-bins, the network nearest each bin's centre), plus the derived network of every --searched search folder. Each is
+bins, the network nearest each bin's centre), plus the derived network of every --searched search folder, plus
+(--peers K) random networks within 5% of each searched network's FLOPs where fewer than K spread ones are. Each is
 trained from scratch with one recipe (retrain.Recipe: SGD, cosine, label smoothing) on the search's training split
-for every --seeds seed and read on the search's validation split and on the test set. OUT/table.jsonl gets one
-record per network: the arch, its layer choices and path (to read it from a super network), FLOPs, params, CPU
-latency (batch 1, median of 30), and the validation and test top-1 for each seed. A run resumes where it stopped.
+for every --seeds seed (--workers W: W trainings at once) and read on the search's validation split and on the test
+set. OUT/table.jsonl gets one record per network: the arch, its layer choices and path (to read it from a super
+network), FLOPs, params, CPU latency (batch 1, median of 30), and the validation and test top-1 for each seed. A run
+resumes where it stopped.
 The agreement of the seeds (Kendall tau of their validation accuracies, with a bootstrap interval) is the noise
 ceiling of any ranking against this table. Test accuracy is reported, never used to choose anything.
 
     python -m studies ground_truth --out runs/ground_truth --networks 48 --seeds 0 1 --searched runs/laptop
+    python -m studies ground_truth ... --searched runs/s0 runs/s1 runs/s2 --peers 8 --workers 2
 """
 import argparse
+import multiprocessing
 import os
 import time
 
@@ -27,7 +31,7 @@ from machinery import cli, runtime
 from machinery.cli import SEED, ArgumentParser, UsageError, integer, number
 from machinery.data import load_data
 from machinery.draw import load_arch_params
-from studies.random_search import random_arch
+from studies.random_search import random_arch, random_archs_at_flops
 from studies.stats import bootstrap_interval, kendall
 from supernet import get_space
 from viterbi import argmax, derive
@@ -53,6 +57,24 @@ def spread_over_flops(space, n, pool, generator):
     return chosen
 
 
+def peers(space, k, networks, done):
+    """Random networks within 5% of each searched network's FLOPs (Table 1's comparison), so that each has at
+    least k peers among the spread networks and these. Drawn from a generator seeded by the searched network's
+    FLOPs, so a resumed run draws the same ones; named peer-<FLOPs>-<i>."""
+    table = flops_table(space)
+    searched = [r["flops"] for r in done.values() if r["kind"] == "searched"] + [n[4] for n in networks
+                                                                               if n[0] == "searched"]
+    spread = [n[4] for n in networks if n[0] == "random"]
+    extra = []
+    for f in searched:
+        need = k - sum(abs(g - f) <= 0.05 * f for g in spread)
+        if need > 0:
+            draws = random_archs_at_flops(space, table, need, f, torch.Generator().manual_seed(int(f)))
+            extra += [("peer", f"peer-{int(f)}-{i}", arch, [argmax(a) for a in alphas], flops)
+                      for i, (arch, alphas, _, flops) in enumerate(draws)]
+    return extra
+
+
 def searched_network(folder, space):
     """The derived network of a search folder, with the layer choices (argmax alpha) it was derived with."""
     s, alphas, p = load_arch_params(os.path.join(folder, "arch_params.json"))
@@ -74,6 +96,56 @@ def train_once(proc, arch, data, test, args, seed, name):
     return retrain.evaluate(proc, net, data.val, 256)[0], retrain.evaluate(proc, net, test, 256)[0]
 
 
+# --workers W: W trainings at once, each in its own process on cores // W threads (two seeds of one network side by
+# side). On a 2-core CPU two 1-thread trainings do more work together than one 2-thread training (studies.bench
+# --retrain-workers measures it); the float sums then run in another order, so a record keeps its thread count.
+_WORKER = {}
+
+
+def _start_worker(args, threads):
+    torch.set_num_threads(threads)
+    data = search_data(args)
+    _WORKER.update(args=args, proc=runtime.Proc(0, 1, torch.device("cpu"), 0, False), data=data,
+                   test=test_data(args, data.input_size))
+
+
+def _train_in_worker(arch, seed, name):
+    w = _WORKER
+    return train_once(w["proc"], arch, w["data"], w["test"], w["args"], seed, name)
+
+
+def search_data(args):
+    return load_data(args.data, "search", args.split_seed, args.input_size, args.subset)
+
+
+def test_data(args, input_size):
+    return load_data(args.data, "retrain", args.split_seed, input_size).val
+
+
+class Trainer:
+    """Trains (arch, seed) pairs: in this process (workers 1), or in a pool of spawned processes."""
+
+    def __init__(self, args, data, test):
+        self.args, self.data, self.test, self.pool = args, data, test, None
+        self.threads = torch.get_num_threads()
+        if args.workers > 1:
+            self.threads = max(1, (os.cpu_count() or 1) // args.workers)
+            self.pool = multiprocessing.get_context("spawn").Pool(args.workers, _start_worker, (args, self.threads))
+
+    def train(self, arch, seeds, name):
+        """{seed: (val top-1, test top-1)}."""
+        if self.pool is None:
+            proc = runtime.Proc(0, 1, torch.device("cpu"), 0, False)
+            return {s: train_once(proc, arch, self.data, self.test, self.args, s, name) for s in seeds}
+        jobs = {s: self.pool.apply_async(_train_in_worker, (arch, s, name)) for s in seeds}
+        return {s: job.get() for s, job in jobs.items()}
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.terminate()  # also on Ctrl-C, SIGTERM or an error: no training left running
+            self.pool.join()
+
+
 def cpu_latency_ms(arch):
     net = retrain.ArchNet(arch).eval()
     r = arch["input_size"]
@@ -92,6 +164,9 @@ def main(argv=None):
                     help="random draws the networks are chosen from (default 4000)")
     ap.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
     ap.add_argument("--searched", nargs="*", default=[], help="search folders whose derived networks join the table")
+    ap.add_argument("--peers", type=integer(0, 1000), default=0,
+                    help="random networks within 5%% of each searched network's FLOPs, drawn where the spread ones "
+                         "are fewer (Table 1: python -m studies table1 --table; default 0)")
     ap.add_argument("--split-seed", type=SEED, default=0, help="seed of the search's train/val split (default 0)")
     g = ap.add_argument_group("the recipe (one for every network)")
     g.add_argument("--epochs", type=integer(1, 1000), default=3, help="epochs (default 3)")
@@ -102,13 +177,16 @@ def main(argv=None):
     g.add_argument("--momentum", type=number(0, 0.999), default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=number(0, 1), default=4e-5, help="weight decay (default 4e-5)")
     g.add_argument("--label-smoothing", type=number(0, 0.99), default=0.1, help="label smoothing (default 0.1)")
+    ap.add_argument("--workers", type=integer(1, 64), default=1,
+                    help="trainings at once, each in its own process on cores/W threads (default 1: one at a time "
+                         "in this process)")
     g.add_argument("--log-every", type=number(0, low_open=True), default=30.0,
                    help="seconds between progress lines (default 30)")
     args = ap.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         raise UsageError("the --seeds must be distinct")
-    data = load_data(args.data, "search", args.split_seed, args.input_size, args.subset)
-    test = load_data(args.data, "retrain", args.split_seed, data.input_size).val
+    data = search_data(args)
+    test = test_data(args, data.input_size)
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes)
     recipe = {k: getattr(args, k) for k in ("epochs", "subset", "batch_size", "lr", "lr_min", "momentum",
                                             "weight_decay", "label_smoothing", "seeds", "split_seed", "data")}
@@ -123,22 +201,27 @@ def main(argv=None):
                 if folder not in done]
     networks += [("random", f"random-{k}", *net) for k, net in enumerate(
         spread_over_flops(space, args.networks, args.pool, torch.Generator().manual_seed(args.split_seed)))]
-    proc, t0 = runtime.Proc(0, 1, torch.device("cpu"), 0, False), time.time()
+    networks += peers(space, args.peers, networks, done)
+    t0 = time.time()
     todo = [n for n in networks if n[1] not in done]
     print(f"{len(todo)} networks of '{space.name}' to train ({len(done)} done), {len(args.seeds)} seeds each; data "
           f"{data.info}", flush=True)
-    for k, (kind, name, arch, choices, flops) in enumerate(todo):
-        accs = {seed: train_once(proc, arch, data, test, args, seed, name) for seed in args.seeds}
-        record = {"id": name, "kind": kind, "arch": arch, "path": arch["path"], "choices": choices, "flops": flops,
-                  "params": retrain.profile(arch)["params"], "latency_ms": cpu_latency_ms(arch),
-                  "val": {str(s): a[0] for s, a in accs.items()}, "test": {str(s): a[1] for s, a in accs.items()},
-                  "recipe": recipe}
-        cli.append_line(path, record)
-        done[name] = record
-        rate = (time.time() - t0) / (k + 1)
-        print(f"{name}: {flops / 1e6:.2f}M FLOPs, val {[round(a[0], 2) for a in accs.values()]}, test "
-              f"{[round(a[1], 2) for a in accs.values()]}; {k + 1}/{len(todo)}, ETA "
-              f"{runtime.fmt_time(rate * (len(todo) - k - 1))}", flush=True)
+    trainer = Trainer(args, data, test)
+    try:
+        for k, (kind, name, arch, choices, flops) in enumerate(todo):
+            accs = trainer.train(arch, args.seeds, name)
+            record = {"id": name, "kind": kind, "arch": arch, "path": arch["path"], "choices": choices,
+                      "flops": flops, "params": retrain.profile(arch)["params"], "latency_ms": cpu_latency_ms(arch),
+                      "val": {str(s): a[0] for s, a in accs.items()},
+                      "test": {str(s): a[1] for s, a in accs.items()}, "recipe": recipe, "threads": trainer.threads}
+            cli.append_line(path, record)
+            done[name] = record
+            rate = (time.time() - t0) / (k + 1)
+            print(f"{name}: {flops / 1e6:.2f}M FLOPs, val {[round(a[0], 2) for a in accs.values()]}, test "
+                  f"{[round(a[1], 2) for a in accs.values()]}; {k + 1}/{len(todo)}, ETA "
+                  f"{runtime.fmt_time(rate * (len(todo) - k - 1))}", flush=True)
+    finally:
+        trainer.close()
     report(list(done.values()), args.seeds)
 
 

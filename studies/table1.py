@@ -8,8 +8,18 @@ the searched and over the random networks, every run in table1.json, and table1.
 FLOPs). Every run lives in its own folder under OUT and is resumable: an interrupted study continues when run again.
 
     python -m studies table1 --seeds 0 1 2 --random 3 [--out runs/table1]
+
+With --table, Table 1 with its statistics from a ground-truth table (python -m studies ground_truth --searched ...
+--peers K), where every network was trained with one recipe and several seeds: each searched network against the
+table's random networks within 5% of its FLOPs, on the mean test top-1 over the seeds (the validation split's beside
+it): its percentile among them, and one stratified permutation test over all searched networks (within each group
+the 'searched' label could be any member: stats.matched_permutation_p). table1.svg: every network's accuracy
+against FLOPs with the random networks' Pareto front.
+
+    python -m studies table1 --table studies/tables/ground-truth-laptop/table.jsonl --out runs/table1-truth
 """
 import json
+import math
 import os
 import statistics
 import time
@@ -23,6 +33,7 @@ from machinery import cli, options, runtime
 from machinery.cli import SEED, ArgumentParser, UsageError, integer, number
 from machinery.draw import scatter_svg
 from studies.random_search import random_archs_at_flops
+from studies.stats import matched_permutation_p, percentile
 from supernet import get_space
 
 PRESET = "laptop"
@@ -71,7 +82,10 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join("runs", "table1"), help="output folder (default runs/table1)")
     ap.add_argument("--log-every", type=number(0, low_open=True), default=30.0,
                     help="seconds between progress lines (default 30)")
+    ap.add_argument("--table", help="instead: Table 1 with statistics from this ground-truth table.jsonl")
     args = ap.parse_args(argv)
+    if args.table:
+        return table1_from_truth(args.table, args.out)
     if len(set(args.seeds)) != len(args.seeds):
         raise UsageError("the --seeds must be distinct")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -129,3 +143,80 @@ def report_table1(args, rows, skipped, seconds):
               f"path {r['path']}")
     print(f"this run took {runtime.fmt_time(result['wall_s_this_invocation'])}; "
           f"outputs: {os.path.join(args.out, 'table1.json')}, {os.path.join(args.out, 'table1.svg')}")
+
+
+# ----------------------------------------------------------------------------------------
+# Table 1 from a ground-truth table: percentiles among random peers, a permutation test, the Pareto front
+
+TOLERANCE = 0.05  # random peers within 5% of a searched network's FLOPs
+
+
+def mean_over_seeds(record, split):
+    return statistics.fmean(record[split].values())
+
+
+def pareto_front(points):
+    """The (FLOPs, accuracy) points no other point beats in both (fewer FLOPs and higher accuracy), by FLOPs."""
+    front, best = [], -math.inf
+    for f, a in sorted(points, key=lambda q: (q[0], -q[1])):
+        if a > best:
+            front.append((f, a))
+            best = a
+    return front
+
+
+def table1_from_truth(path, out):
+    if not os.path.isfile(path):
+        raise UsageError(f"--table {path} does not exist")
+    records = cli.read_log(path)
+    searched = [r for r in records if r["kind"] == "searched"]
+    random = [r for r in records if r["kind"] != "searched"]
+    if not searched or not random:
+        raise UsageError(f"{path} needs searched and random networks (ground_truth --searched ... --peers K)")
+    rows, groups = [], {"test": [], "val": []}
+    for s in searched:
+        peers = [r for r in random if abs(r["flops"] - s["flops"]) <= TOLERANCE * s["flops"]]
+        row = {"id": s["id"], "flops": s["flops"], "peers": len(peers)}
+        for split in ("test", "val"):
+            mine, theirs = mean_over_seeds(s, split), [mean_over_seeds(r, split) for r in peers]
+            row[split] = {"searched": mine, "peer_median": statistics.median(theirs) if theirs else None,
+                          "percentile": percentile(mine, theirs) if theirs else None}
+            if theirs:
+                groups[split].append([mine] + theirs)
+        rows.append(row)
+    result = {"table": os.path.abspath(path), "tolerance": TOLERANCE, "searched": rows,
+              "seeds": sorted(records[0]["test"])}
+    for split in ("test", "val"):
+        pct = [r[split]["percentile"] for r in rows if r[split]["percentile"] is not None]
+        result[split] = {"mean_percentile": statistics.fmean(pct) if pct else None,
+                         "above_median": sum(p > 50 for p in pct), "compared": len(pct),
+                         "permutation_p": matched_permutation_p(groups[split]) if groups[split] else None}
+    front = pareto_front([(r["flops"], mean_over_seeds(r, "test")) for r in random])
+    result["pareto_front"] = front
+    os.makedirs(out, exist_ok=True)
+    cli.save_json_atomic(result, os.path.join(out, "table1.json"))
+    series = {"random": ("#9e9e9e", [(r["flops"] / 1e6, mean_over_seeds(r, "test")) for r in random]),
+              "searched": ("#d62728", [(r["flops"] / 1e6, mean_over_seeds(r, "test")) for r in searched])}
+    lines = {"Pareto front (random)": ("#1f77b4", [(f / 1e6, a) for f, a in front])}
+    cli.save_text_atomic(scatter_svg(series, "FLOPs (millions)", f"test top-1 (%), mean of {len(result['seeds'])} "
+                                     "seeds", "searched networks against the ground truth's random ones", lines),
+                         os.path.join(out, "table1.svg"))
+    print(f"Table 1 from {path}: mean top-1 over seeds {', '.join(result['seeds'])}; peers: random networks within "
+          f"{TOLERANCE:.0%} of the searched one's FLOPs")
+    print(f"{'searched':<28} {'FLOPs':>7} {'peers':>5} {'test':>6} {'peer median':>11} {'pct':>5} {'val':>6} "
+          f"{'peer median':>11} {'pct':>5}")
+    for r in rows:
+        t, v = r["test"], r["val"]
+        print(f"{r['id'][-28:]:<28} {r['flops'] / 1e6:6.2f}M {r['peers']:5d} {t['searched']:6.2f} "
+              f"{fmt(t['peer_median']):>11} {fmt(t['percentile'], 0):>5} {v['searched']:6.2f} "
+              f"{fmt(v['peer_median']):>11} {fmt(v['percentile'], 0):>5}")
+    for split in ("test", "val"):
+        r = result[split]
+        print(f"{split}: mean percentile {fmt(r['mean_percentile'], 1)}, above the peers' median "
+              f"{r['above_median']}/{r['compared']}, permutation p = {fmt(r['permutation_p'], 4)}")
+    print(f"outputs: {os.path.join(out, 'table1.json')}, {os.path.join(out, 'table1.svg')}")
+    return result
+
+
+def fmt(v, digits=2):
+    return "-" if v is None else f"{v:.{digits}f}"

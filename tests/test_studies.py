@@ -1,6 +1,7 @@
 """studies/: the random-search baseline and Table 1 (searched against random networks at equal FLOPs), at a toy
 scale here."""
 import json
+import math
 import statistics
 
 import pytest
@@ -13,7 +14,10 @@ from machinery import options
 from machinery.cli import load_arch
 from retrain import profile
 from studies import audit, ground_truth, random_search, table1
+import supernet
+from studies.stats import kendall
 from supernet import get_space
+from test_learning import PLANTED
 from test_search import TOY, run
 from viterbi import derive
 
@@ -132,3 +136,104 @@ def test_ground_truth_spreads_over_flops_records_every_seed_and_resumes(tmp_path
     for mode in ("batch_stats", "recalibrated", "flops", "noise_ceiling"):
         assert set(result[mode]) >= {"kendall", "spearman", "top10_hit"}
     assert len(result["recalibrated"]["readings"]) == 4 and (tmp_path / "audit" / "audit.svg").exists()
+
+
+def test_ground_truth_workers_train_as_this_process_does(tmp_path):
+    """--workers 2 trains the seeds side by side in spawned processes; each record keeps its thread count, and training
+    here on that many threads gives the same accuracies, to the bit."""
+    argv = ["--space", "toy", "--data", "fake", "--input-size", "16", "--networks", "2", "--pool", "20",
+            "--epochs", "1", "--subset", "64", "--batch-size", "32"]
+    ground_truth.main(argv + ["--out", str(tmp_path / "pool"), "--workers", "2"])
+    pooled = [json.loads(line) for line in open(tmp_path / "pool" / "table.jsonl")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(pooled[0]["threads"])
+    try:
+        ground_truth.main(argv + ["--out", str(tmp_path / "here")])
+    finally:
+        torch.set_num_threads(threads)
+    here = [json.loads(line) for line in open(tmp_path / "here" / "table.jsonl")]
+    assert [(r["id"], r["val"], r["test"]) for r in pooled] == [(r["id"], r["val"], r["test"]) for r in here]
+
+
+def planted_supernet(sample_path, seed=0, steps=300):
+    """A small super network trained in seconds on a learnable task (each class a colour of its own, plus noise) by
+    search.weight_step, one sampled candidate per layer and, with sample_path, one sampled path per step (else every
+    block, Eq. 4); and its validation batches."""
+    torch.manual_seed(seed)
+    net = supernet.SuperNet(supernet.Space(PLANTED, 8, 3, 10))  # two or three candidates a layer: trains in seconds
+    g = torch.Generator().manual_seed(seed)
+    colours = torch.randn(10, 3, 1, 1, generator=g)
+    def batch(n):
+        y = torch.randint(10, (n,), generator=g)
+        return colours[y] + torch.randn(n, 3, 8, 8, generator=g), y
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.2, momentum=0.9)
+    criterion = torch.nn.CrossEntropyLoss()
+    net.train()
+    for _ in range(steps):
+        x, y = batch(32)
+        search.weight_step(net, opt, criterion, x, y, search.sample_candidates(net, 1, g),
+                           path=search.sample_path(net, g) if sample_path else None)
+    return net, [batch(128) for _ in range(8)], g
+
+
+def on_path(space, path, slot):
+    s = space.slots[slot]
+    before = dict(zip(path[1:], path[:-1]))
+    return s.block in before and (s.edge is None or s.edge[0] == before[s.block])
+
+
+@pytest.mark.parametrize("sample_path", [False, True], ids=["eq4-weight-steps", "sampled-path-weight-steps"])
+def test_audit_ranks_a_planted_space_and_fails_when_the_reading_ignores_the_network(sample_path):
+    """A ranking regression caught in seconds. Planted truth: in a trained super network the first candidate of
+    every layer is replaced by an untrained one (fresh random weights), so a network is worse the more of the layers
+    on its path sit at it. The audit's reading (audit.read_network, both BN modes) must rank 24 networks by that
+    share with Kendall tau above 0.5 (about 0.65 here, either way of training), its bootstrap interval above 0 and
+    holding the estimate; readings of the wrong networks (choices shuffled among them) must not."""
+    net, val, g = planted_supernet(sample_path)
+    with torch.no_grad():
+        for layer in (m for m in net.layers if len(m.ops) > 1):  # (a layer of one candidate has no choice)
+            for p in layer.ops[0].parameters():
+                p.normal_(0, 1, generator=g)
+    space, records, truth = net.space, [], []
+    for k in range(24):
+        alphas, p = random_search.random_arch(space, g)
+        path = derive(space, alphas, p)["path"]
+        share = k / 23  # from no layer at the planted candidate to every one
+        choices = [0 if len(a) == 1 or torch.rand((), generator=g) < share
+                   else 1 + int(torch.randint(len(a) - 1, (), generator=g)) for a in alphas]
+        slots = [s for s, a in enumerate(alphas) if len(a) > 1 and on_path(space, path, s)]
+        records.append({"choices": choices, "path": path})
+        truth.append(-sum(choices[s] == 0 for s in slots) / len(slots))
+    for calib in (None, val[:2]):
+        readings = [audit.read_network(net, r, val, calib) for r in records]
+        figures = audit.ranking(readings, truth)["kendall"]
+        assert figures["value"] > 0.5 and 0 < figures["interval"][0] <= figures["value"] <= figures["interval"][1]
+    shuffled = [dict(r, choices=records[(k + 5) % 24]["choices"]) for k, r in enumerate(records)]
+    assert kendall([audit.read_network(net, r, val) for r in shuffled], truth) < 0.5
+
+
+def test_table1_from_a_ground_truth_table_gives_percentiles_a_permutation_test_and_the_front(tmp_path):
+    """python -m studies table1 --table: each searched network against the random ones within 5% of its FLOPs (the
+    others are not its peers), its percentile on the mean over seeds, the exact stratified permutation p, and the
+    random networks' Pareto front, drawn with every point."""
+    def rec(name, kind, flops, test, val):
+        return {"id": name, "kind": kind, "flops": flops, "test": {"0": test[0], "1": test[1]},
+                "val": {"0": val, "1": val}}
+    rows = [rec("s-a", "searched", 10e6, (90, 92), 80), rec("s-b", "searched", 5e6, (80, 80), 70),
+            rec("r1", "random", 10.4e6, (88, 88), 81), rec("r2", "random", 9.6e6, (92, 93), 79),
+            rec("r3", "peer", 10.1e6, (85, 85), 78), rec("far", "random", 11e6, (99, 99), 99),
+            rec("r4", "random", 5.1e6, (81, 83), 72), rec("cheap", "random", 2e6, (70, 70), 60)]
+    path = tmp_path / "table.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = table1.main(["--table", str(path), "--out", str(tmp_path / "t1")])
+    a, b = result["searched"]
+    assert (a["peers"], b["peers"]) == (3, 1)  # 'far' is 10% away, 'cheap' far below
+    assert a["test"]["percentile"] == 100 * 2 / 3 and a["test"]["peer_median"] == 88  # 91 beats 88 and 85, not 92.5
+    assert b["test"]["percentile"] == 0 and a["val"]["percentile"] == 100 * 2 / 3
+    # exact: 4 x 2 assignments, leads {1.875, -1.125, 3.375, -4.125} + {-1, 1}; observed 1.875 - 1 = 0.875, and
+    # 0.875, 2.875, 2.375, 4.375 are at least that: 4 of 8
+    assert math.isclose(result["test"]["permutation_p"], 4 / 8)
+    assert result["test"]["above_median"] == 1 and result["test"]["compared"] == 2
+    assert result["pareto_front"] == [(2e6, 70), (5.1e6, 82), (9.6e6, 92.5), (11e6, 99)]
+    svg = (tmp_path / "t1" / "table1.svg").read_text()
+    assert svg.count('id="point-random-') == 6 and svg.count('id="point-searched-') == 2 and "line-Pareto" in svg
