@@ -8,6 +8,7 @@ augmentation. Top-1/top-5 on the evaluation set after every epoch, a checkpoint 
     python retrain.py --arch FILE --data fashion-mnist --epochs 10 --batch-size 128 --lr 0.1
     python retrain.py --arch FILE --data /imagenet --gpus 8        the paper's retraining
     python retrain.py --arch FILE --weights OUT/model.pt --eval --data ...
+    python retrain.py --arch FILE --weights OUT/model.pt --export net.pt2    the network, to run without this code
 """
 import json
 import os
@@ -118,11 +119,15 @@ def retrain_worker(proc, args):
                      verify_images=False)  # main() verified them before launching
     torch.manual_seed(args.seed)
     net = ArchNet(arch).to(proc.device, memory_format=torch.channels_last)  # faster on oneDNN and cuDNN alike
-    if args.eval:
+    if args.weights:
         cli.load_states({"model": load_weights(args.weights)}, {"model": net}, f"network ({args.arch})")
+    if args.eval:
         top1, top5 = evaluate(proc, net, data.val, args.batch_size)
         if proc.main:
             print(json.dumps({"top1": top1, "top5": top5}))
+    if args.weights:
+        if args.export and proc.main:
+            export(net, arch, args.export)
         return
     recipe = Recipe(proc, net, data.train, args)
     ck_path = os.path.join(args.out, cli.CHECKPOINT)
@@ -156,6 +161,8 @@ def retrain_worker(proc, args):
         print(f"check-sync: all {proc.world} ranks held identical weights after each of {args.epochs - start} epochs")
     if proc.main:
         write_report(args, arch, net, history, data.info)
+        if args.export:
+            export(net, arch, args.export)
 
 
 def write_report(args, arch, net, history, info):
@@ -172,6 +179,27 @@ def write_report(args, arch, net, history, info):
     print(f"top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}% on {info.get('val')} images; "
           f"{prof['flops'] / 1e6:.2f}M FLOPs, {prof['params'] / 1e6:.3f}M params; "
           f"report in {os.path.join(args.out, 'report.json')}")
+
+
+def export(net, arch, path):
+    """The trained network as a torch.export ExportedProgram (eval mode: BN with its running statistics; any batch
+    size) saved to `path`: torch.export.load(path).module()(x) runs it with torch alone. torch.export, not
+    TorchScript: it is PyTorch's maintained path to a self-contained graph (TorchScript is in maintenance), and the
+    saved program holds the weights. The file is read back and checked against the network on a random batch."""
+    net = net.eval().cpu()
+    r = arch["input_size"]
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with torch.no_grad():
+        program = torch.export.export(net, (torch.randn(2, arch["in_channels"], r, r),), dynamic_shapes=({0: batch},))
+    cli.write_atomic(path, lambda tmp: torch.export.save(program, tmp))
+    x = torch.randn(3, arch["in_channels"], r, r, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = net(x), torch.export.load(path).module()(x)
+    if not torch.allclose(want, got, rtol=1e-4, atol=1e-5):
+        raise RuntimeError(f"the exported network in {path} computes other outputs than the trained one "
+                           f"(largest difference {(want - got).abs().max().item():.3g})")
+    print(f"exported to {path} (torch.export; load it with torch.export.load(path).module()); on a random batch it "
+          f"matches the trained network to {(want - got).abs().max().item():.1g}")
 
 
 def load_weights(path):
@@ -197,7 +225,11 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=None, help="output folder (default: runs/retrain-<arch file name>)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     ap.add_argument("--eval", action="store_true", help="only evaluate --weights on the evaluation set")
-    ap.add_argument("--weights", help="model.pt or checkpoint.pt to evaluate (with --eval)")
+    ap.add_argument("--weights", help="model.pt or checkpoint.pt: the trained network to evaluate (--eval) or export "
+                                      "(--export); no training")
+    ap.add_argument("--export", metavar="FILE", help="write the trained network (after training, or --weights) as a "
+                                                     "torch.export program that runs without this code (.pt2)")
+    ap.add_argument("--force", action="store_true", help="let --export overwrite an existing file")
     ap.add_argument("--seed", type=SEED, default=0, help="seed (default 0)")
     ap.add_argument("--subset", type=integer(1), default=None, help="use the first N images of each split")
     ap.add_argument("--epochs", type=integer(1, 100_000), default=240, help="epochs (default 240)")
@@ -239,13 +271,17 @@ def main(argv=None):
     runtime.check_batch(args)
     if args.eval and not args.weights:
         raise UsageError("--eval needs --weights FILE")
+    if args.weights and not (args.eval or args.export):
+        raise UsageError("--weights is for --eval or --export")
+    if args.export:
+        cli.output_file(args.export, "--export", args.force)
     if args.latency_lut:
         arch_cost(arch, load_table(args.latency_lut))  # a table that cannot price the arch is refused now
     data = load_data(args.data, "retrain", args.seed, arch["input_size"], args.subset)
     for key, have in (("in_channels", data.in_channels), ("num_classes", data.num_classes)):
         if arch[key] != have:
             raise UsageError(f"the arch has {key}={arch[key]} but the data has {have}")
-    if args.eval:  # weights of another network are refused now
+    if args.weights:  # weights of another network are refused now
         cli.load_states({"model": load_weights(args.weights)}, {"model": ArchNet(arch)}, f"network ({args.arch})")
     else:
         runtime.check_batch_fits(args.batch_size, {"training set": len(data.train)})

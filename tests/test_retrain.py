@@ -77,9 +77,11 @@ def runs(arch_file, tmp_path_factory):
                 "ddp": start(retrain + ["--out", str(d / "ddp"), "--procs", "2", "--check-sync"])}
     done = {k: finish(p) for k, p in searches.items()}
     whole = finish(whole)
-    evaluated = finish(start(["retrain.py", "--arch", arch_file, "--eval", "--weights", str(d / "whole" / "model.pt")]
-                             + FAKE))
-    return dict(d=d, lut=lut, whole=whole, lat=lat, killed_at=killed_at, evaluated=evaluated, **done)
+    weights = ["retrain.py", "--arch", arch_file, "--weights", str(d / "whole" / "model.pt")]
+    evaluated, exported = start(weights + ["--eval"] + FAKE), start(weights + ["--export", str(d / "net.pt2")] + FAKE)
+    evaluated, exported = finish(evaluated), finish(exported)
+    return dict(d=d, lut=lut, whole=whole, lat=lat, killed_at=killed_at, evaluated=evaluated, exported=exported,
+                **done)
 
 
 def test_retrain_runs_checkpoints_and_reports(runs):
@@ -114,6 +116,31 @@ def test_eval_only_reproduces_the_reported_accuracy(runs):
     got = json.loads(r.stdout.strip().splitlines()[-1])
     report = json.loads((runs["d"] / "whole" / "report.json").read_text())
     assert (got["top1"], got["top5"]) == (report["top1"], report["top5"])
+
+
+def test_exported_network_runs_without_this_code_and_computes_what_the_trained_one_does(runs, arch_file):
+    """--export: a torch.export program that a Python with torch alone (isolated mode, away from this repository)
+    loads and runs at any batch size, with the outputs of the trained network in eval mode."""
+    from retrain import ArchNet
+    r = runs["exported"]
+    assert r.returncode == 0, r.stderr
+    d = runs["d"]
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    torch.save(x, d / "x.pt")
+    code = ("import importlib.util, torch; assert importlib.util.find_spec('retrain') is None; "
+            "m = torch.export.load('net.pt2').module(); x = torch.load('x.pt'); "
+            "torch.save({'5': m(x), '1': m(x[:1])}, 'y.pt')")
+    run = subprocess.run([sys.executable, "-I", "-c", code], cwd=d, env=ENV, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    net = ArchNet(json.loads(open(arch_file).read()))
+    net.load_state_dict(torch.load(d / "whole" / "model.pt", weights_only=True))
+    with torch.no_grad():
+        want = net.eval()(x)
+    got = torch.load(d / "y.pt")
+    assert torch.allclose(got["5"], want, rtol=1e-4, atol=1e-5) and torch.allclose(got["1"], want[:1], atol=1e-5)
+    again = finish(start(["retrain.py", "--arch", arch_file, "--weights", str(d / "whole" / "model.pt"),
+                          "--export", str(d / "net.pt2")] + FAKE))
+    assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
 
 
 def test_measured_latency_table_drives_a_toy_search(runs):
