@@ -164,7 +164,7 @@ def main(argv=None):
                     help="random draws the networks are chosen from (default 4000)")
     ap.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
     ap.add_argument("--searched", nargs="*", default=[], help="search folders whose derived networks join the table")
-    ap.add_argument("--peers", type=integer(0, 1000), default=0,
+    ap.add_argument("--peers", type=integer(0, 1000), default=0, metavar="K",
                     help="random networks within 5%% of each searched network's FLOPs, drawn where the spread ones "
                          "are fewer (Table 1: python -m studies table1 --table; default 0)")
     ap.add_argument("--split-seed", type=SEED, default=0, help="seed of the search's train/val split (default 0)")
@@ -177,7 +177,7 @@ def main(argv=None):
     g.add_argument("--momentum", type=number(0, 0.999), default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=number(0, 1), default=4e-5, help="weight decay (default 4e-5)")
     g.add_argument("--label-smoothing", type=number(0, 0.99), default=0.1, help="label smoothing (default 0.1)")
-    ap.add_argument("--workers", type=integer(1, 64), default=1,
+    ap.add_argument("--workers", type=integer(1, 64), default=1, metavar="W",
                     help="trainings at once, each in its own process on cores/W threads (default 1: one at a time "
                          "in this process)")
     g.add_argument("--log-every", type=number(0, low_open=True), default=30.0,
