@@ -80,10 +80,10 @@ def workflows(tmp_path_factory):
 
 @pytest.mark.parametrize("source", ["fake", "folder"])
 def test_readme_gpu_workflow_runs_as_written(workflows, source):
-    """Search (measuring its own table), retrain, evaluate, then latency.py's default table and a search
+    """Search (measuring its own table), retrain, evaluate, export, then latency.py's default table and a search
     with it: every step exits 0, on 10 fake classes and on a 4-class ImageFolder."""
     workdir, runs = workflows[source]
-    search_own, retrain, evaluate, table, search_lut = runs
+    search_own, retrain, evaluate, export, table, search_lut = runs
     own = os.path.join(workdir, "runs", "mbv2")
     measured = json.load(open(os.path.join(own, latency.RUN_TABLE)))
     assert measured["metric"] == "latency_ms" and measured["meta"]["space"] == "toy"
@@ -91,6 +91,7 @@ def test_readme_gpu_workflow_runs_as_written(workflows, source):
     log = [json.loads(line) for line in open(os.path.join(own, "search_log.jsonl"))]
     assert log[-1]["metric"] == "latency_ms" and log[-1]["arch_cost"] > 0
     assert os.path.exists(os.path.join(own, "retrain", "model.pt")) and '"top1"' in evaluate.stdout
+    assert os.path.exists(os.path.join(workdir, "mbv2.pt2")) and "matches the trained network" in export.stdout
     # latency.py's defaults (1000 classes) fit the search's data: the classifier is priced, not refused
     assert json.load(open(os.path.join(workdir, "lut_mbv2.json")))["meta"]["num_classes"] == 1000
     classes = 10 if source == "fake" else 4
