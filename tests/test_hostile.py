@@ -293,7 +293,7 @@ def test_lock_parent_kill_resume_and_ctrl_c(tmp_path):
     and continues; Ctrl-C (SIGINT to the process group, as a terminal sends it) ends it with one line and
     exit 130, no traceback."""
     out = tmp_path / "run"
-    first = run_proc(["search.py"] + TOY + ["--epochs", "40", "--warmup-epochs", "1", "--procs", "2",
+    first = run_proc(["search.py"] + TOY + ["--epochs", "400", "--warmup-epochs", "1", "--procs", "2",
                                             "--batch-size", "16", "--out", str(out)], start_new_session=True)
     wait_for(out / "checkpoint.pt", first)
     with pytest.raises(cli.UsageError, match="another run .pid"):  # what a second search.py there would hear
