@@ -293,7 +293,7 @@ def test_lock_parent_kill_resume_and_ctrl_c(tmp_path):
     and continues; Ctrl-C (SIGINT to the process group, as a terminal sends it) ends it with one line and
     exit 130, no traceback."""
     out = tmp_path / "run"
-    first = run_proc(["search.py"] + TOY + ["--epochs", "400", "--warmup-epochs", "1", "--procs", "2",
+    first = run_proc(["search.py"] + TOY + ["--epochs", "40", "--warmup-epochs", "1", "--procs", "2",
                                             "--batch-size", "16", "--out", str(out)], start_new_session=True)
     wait_for(out / "checkpoint.pt", first)
     with pytest.raises(cli.UsageError, match="another run .pid"):  # what a second search.py there would hear
@@ -308,7 +308,10 @@ def test_lock_parent_kill_resume_and_ctrl_c(tmp_path):
     assert not any(alive(c) for c in workers)
     epoch = cli.load_checkpoint(str(out / "checkpoint.pt"))["epoch"]
     (out / "checkpoint.pt.tmp424242").write_bytes(b"half a checkpoint")
-    second = run_proc(["search.py", "--resume", "--out", str(out)], start_new_session=True)
+    # a terminal's Ctrl-C reaches a program that has SIGINT at its default; a test run started in the background of
+    # a non-interactive shell inherits SIGINT ignored, so the child gets the default back, as from a terminal
+    second = run_proc(["search.py", "--resume", "--out", str(out)], start_new_session=True,
+                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while cli.load_checkpoint(str(out / "checkpoint.pt"))["epoch"] <= epoch and time.time() < deadline \
             and second.poll() is None:
