@@ -31,7 +31,7 @@ from machinery import cli, runtime
 from machinery.cli import SEED, ArgumentParser, UsageError, integer, number
 from machinery.data import load_data
 from machinery.draw import load_arch_params
-from studies.random_search import random_arch, random_archs_at_flops
+from studies.random_search import TOLERANCE, random_arch, random_archs_at_flops
 from studies.stats import bootstrap_interval, kendall
 from supernet import get_space
 from viterbi import argmax, derive
@@ -67,7 +67,7 @@ def peers(space, k, networks, done):
     spread = [n[4] for n in networks if n[0] == "random"]
     extra = []
     for f in searched:
-        need = k - sum(abs(g - f) <= 0.05 * f for g in spread)
+        need = k - sum(abs(g - f) <= TOLERANCE * f for g in spread)
         if need > 0:
             draws = random_archs_at_flops(space, table, need, f, torch.Generator().manual_seed(int(f)))
             extra += [("peer", f"peer-{int(f)}-{i}", arch, [argmax(a) for a in alphas], flops)

@@ -43,7 +43,10 @@ def random_arch(space, generator):
     return alphas, p
 
 
-def random_archs_at_flops(space, table, k, target, generator, tolerance=0.05, max_draws=20000):
+TOLERANCE = 0.05  # Table 1's window: random networks within 5% of the searched network's FLOPs
+
+
+def random_archs_at_flops(space, table, k, target, generator, tolerance=TOLERANCE, max_draws=20000):
     """k uniform random architectures whose FLOPs lie within `tolerance` of target (rejection sampling)."""
     kept, seen = [], []
     for _ in range(max_draws):

@@ -32,7 +32,7 @@ from cost import flops_table
 from machinery import cli, options, runtime
 from machinery.cli import SEED, ArgumentParser, UsageError, integer, number
 from machinery.draw import scatter_svg
-from studies.random_search import random_archs_at_flops
+from studies.random_search import TOLERANCE, random_archs_at_flops
 from studies.stats import matched_permutation_p, percentile
 from supernet import get_space
 
@@ -148,7 +148,6 @@ def report_table1(args, rows, skipped, seconds):
 # ----------------------------------------------------------------------------------------
 # Table 1 from a ground-truth table: percentiles among random peers, a permutation test, the Pareto front
 
-TOLERANCE = 0.05  # random peers within 5% of a searched network's FLOPs
 
 
 def mean_over_seeds(record, split):
