@@ -24,7 +24,7 @@ from machinery import cli, options, runtime
 from machinery.draw import save_arch_params
 from machinery.report import finish, walkthrough_end
 from supernet import SuperNet
-from viterbi import decisiveness, derive_supernet
+from viterbi import decisiveness, derive_supernet, derive_within
 
 # The paper's settings (supplement A.1, A.4; arXiv v1 for label smoothing); lambda and tau, which the paper does not
 # give, are the authors' published code's; `mini` (the laptop walkthrough) and `toy` (tests) are ours.
@@ -90,11 +90,20 @@ def set_trainable(params, flag):
 
 class Objective:
     """Eq. 8: L = CE + lambda * log_tau(cost). The cost is the chained estimate (Eq. 5-7, or the
-    local one of Eq. 9) in the unit tau is given in (ms, or millions of FLOPs)."""
+    local one of Eq. 9) in the unit tau is given in (ms, or millions of FLOPs).
 
-    def __init__(self, cost_model, lam, tau, unit=1.0, estimator="chained", label_smoothing=0.0):
+    With a target cost (--target-flops, --target-latency; not in the paper, which sets lambda by hand) the cost
+    term is mu * log(cost / target), and after every architecture step (steer) mu follows e = log(estimate / target),
+    the chained estimate of the whole super network: mu = TARGET_GAIN * e + TARGET_RATE * (the sum of e so far).
+    The sum is dual ascent on a Lagrange multiplier: it grows while the super network is estimated to cost more than
+    the target and falls (below zero if need be, so that cost is rewarded) while it costs less; the proportional
+    part damps the overshoot that the sum alone gives under Adam. The derivation then keeps to the target
+    (viterbi.derive_within)."""
+
+    def __init__(self, cost_model, lam, tau, unit=1.0, estimator="chained", label_smoothing=0.0, target=None):
         self.cost_model, self.lam, self.tau, self.unit, self.estimator = cost_model, lam, tau, unit, estimator
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.target, self.mu, self.integral = target, 0.0, 0.0  # target: in the objective's unit, like the cost
 
     def cost(self, net, samples=None):
         """The estimated cost of the super network; with samples, each layer priced over its sampled candidates."""
@@ -102,7 +111,25 @@ class Objective:
 
     def __call__(self, logits, y, net, samples):
         cost = self.cost(net, samples)
-        return self.criterion(logits.float(), y) + self.lam * torch.log(cost) / math.log(self.tau), cost
+        if self.target is None:
+            term = self.lam * torch.log(cost) / math.log(self.tau)
+        else:
+            term = self.mu * torch.log(cost / self.target)
+        return self.criterion(logits.float(), y) + term, cost
+
+    def steer(self, net):
+        """mu from the chained estimate of the whole super network (every candidate, Eq. 5-7)."""
+        with torch.no_grad():
+            e = math.log(self.cost(net).item() / self.target)
+        self.integral += e
+        self.mu = TARGET_GAIN * e + TARGET_RATE * self.integral
+
+
+# --target-*: the derived network lies within 10% of the target
+TARGET_TOLERANCE = 0.1
+# mu per unit of log(estimate / target), and per unit of its sum over the architecture steps so far: an estimate 10%
+# off the target gives mu = 0.2 at once, and 0.04 more every 20 steps (Eq. 8's laptop setting is mu = 0.011)
+TARGET_GAIN, TARGET_RATE = 2.0, 0.02
 
 
 def weight_step(net, opt, criterion, x, y, samples, autocast=contextlib.nullcontext(), path=None):
@@ -155,8 +182,11 @@ class Search:
                                       weight_decay=args.arch_weight_decay)
         # cosine over every weight step of the search (supplement A.1)
         self.w_schedule = runtime.CosineLR(self.w_opt, args.epochs * len(self.batches("weights", 0)), args.lr_min)
-        self.objective = Objective(CostModel(space, table), args.lam, args.tau, UNITS.get(table["metric"], 1.0),
-                                   args.estimator, args.label_smoothing)
+        unit = UNITS.get(table["metric"], 1.0)
+        target = args.target_flops if table["metric"] == "flops" else args.target_latency
+        self.objective = Objective(CostModel(space, table), args.lam, args.tau, unit, args.estimator,
+                                   args.label_smoothing, target and target / unit)
+        self.prices = target and CostModel(space, table, skip_price=0)  # a derived network's cost (skips removed)
         self.epoch, self.weight_steps, self.best = 0, 0, None
         self.synced_steps = 0  # --check-sync: steps after which every rank was found identical
 
@@ -215,8 +245,23 @@ class Search:
             logits, loss, cost = arch_step(net, self.a_opt, self.objective, x, y, sample_candidates(net, 2, g),
                                            self.proc.autocast())
             self.after_step(loss, f"epoch {epoch + 1}, architecture step {bar.step + 1}")
+            if self.objective.target is not None:  # every rank holds the same alpha and beta, so the same mu
+                self.objective.steer(net)
             bar.update(loss=loss.item(), acc=accuracy(logits, y), cost=cost.item())
-        return {"arch_" + k: v for k, v in bar.means().items()}
+        rec = {"arch_" + k: v for k, v in bar.means().items()}
+        return rec | ({"mu": self.objective.mu} if self.objective.target is not None else {})
+
+    def derive(self):
+        """The derived network (Sec. 3.4) and its candidates as samples ({slot: [index]}): argmax alpha and
+        Algorithm 1; with a target, the most probable network within TARGET_TOLERANCE of it (not in the paper)."""
+        net = self.net
+        if self.objective.target is None:
+            return derive_supernet(net), net.argmax_samples()
+        target = self.objective.target * self.objective.unit
+        arch, chosen = derive_within(net.space, [a.detach().cpu() for a in net.alphas()],
+                                     net.path_probs().detach().cpu(), self.prices,
+                                     target * (1 - TARGET_TOLERANCE), target * (1 + TARGET_TOLERANCE))
+        return arch, {k: [c] for k, c in enumerate(chosen)}
 
     def after_step(self, loss, where):
         cli.stop_unless_finite(loss.item(), where)
@@ -242,7 +287,8 @@ class Search:
         lacks; the paper retrains the derived network for this reason. BN normalises with batch statistics
         (momentum 0, so the running statistics are left as they are)."""
         net = self.net
-        path, samples = derive_supernet(net)["path"], net.argmax_samples()
+        arch, samples = self.derive()
+        path = arch["path"]
         net.train()
         correct, total = [0, 0], 0
         with torch.no_grad(), bn_momentum(net, 0.0):
@@ -259,12 +305,15 @@ class Search:
         return {"config": options.run_config(self.args), "epoch": self.epoch, "global_step": self.weight_steps,
                 "best": self.best, "model": self.net.state_dict(), "w_opt": self.w_opt.state_dict(),
                 "w_schedule": self.w_schedule.state_dict(), "a_opt": self.a_opt.state_dict(),
-                "rng": torch.get_rng_state()}
+                "rng": torch.get_rng_state(), "mu": self.objective.mu,
+                "integral": self.objective.integral}
 
     def load(self, ck):
-        self.epoch, self.weight_steps, self.best = cli.load_states(
+        ck = {"mu": 0.0, "integral": 0.0} | ck if isinstance(ck, dict) else ck  # older: a fixed lambda, no mu
+        self.epoch, self.weight_steps, self.best, self.objective.mu, self.objective.integral = cli.load_states(
             ck, {"model": self.net, "w_opt": self.w_opt, "w_schedule": self.w_schedule, "a_opt": self.a_opt},
-            "super network", {"epoch": int, "global_step": int, "best": (dict, type(None))})
+            "super network", {"epoch": int, "global_step": int, "best": (dict, type(None)), "mu": float,
+                              "integral": float})
 
 
 @contextlib.contextmanager
@@ -321,14 +370,14 @@ def search_worker(proc, args):
         print(f"check-sync: all {proc.world} ranks held identical weights, alpha and beta after each of "
               f"{search.synced_steps} steps", flush=True)
     if proc.main:
-        finish(args, space, search.net.path_probs().detach().cpu(), derive_supernet(search.net))
+        finish(args, space, search.net.path_probs().detach().cpu(), search.derive()[0])
 
 
 def end_of_epoch(search, rec, seconds, log_path):
     """Derive the architecture, log the epoch, write arch.json (and arch_warmup.json after the last
     weights-only epoch, to show what the architecture steps changed)."""
     net, args, metric, unit = search.net, search.args, search.table["metric"], search.objective.unit
-    arch = derive_supernet(net)
+    arch = search.derive()[0]
     p = net.path_probs().detach()
     with torch.no_grad():
         est = search.objective.cost(net).item() * unit
@@ -349,7 +398,14 @@ def end_of_epoch(search, rec, seconds, log_path):
     print(f"epoch {rec['epoch']}/{args.epochs} ({rec['stage']}) {runtime.fmt_time(seconds)}: train loss "
           f"{rec['train_loss']:.3f} acc {rec['train_acc']:.2f}%;{val} p on path {rec['p_path']:.2f}, "
           f"w chosen {rec['w_chosen']:.2f}; estimated cost {est / unit:.3f}, derived {rec['arch_cost'] / unit:.3f} "
-          f"({metric}{'/1e6' if unit != 1 else ''}); widths {rec['widths']}", flush=True)
+          f"({metric}{'/1e6' if unit != 1 else ''}){steering(search.objective, rec)}; widths {rec['widths']}", flush=True)
+
+
+def steering(objective, rec):
+    """The progress line's account of the target steering (--target-*), if any."""
+    if objective.target is None:
+        return ""
+    return f", target {objective.target:.3f} (mu {rec['mu']:.3f})" if "mu" in rec else f", target {objective.target:.3f}"
 
 
 def parse_args(argv=None):

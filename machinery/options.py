@@ -60,7 +60,14 @@ def search_parser(defaults, description=None, add_help=True):
                     help="not in the paper: every weight step runs one path drawn from p (a walk B_0 -> B_n) instead "
                          "of every block mixed by Eq. 4, so each block learns to work fed by one predecessor, as in "
                          "the derived network")
-    ap.set_defaults(random=None, target_flops=None)  # the random-search baseline's (studies/random_search.py)
+    ap.add_argument("--target-flops", type=parse_flops, metavar="F",
+                    help="not in the paper, which sets lambda by hand: steer the search to a derived network of F "
+                         "FLOPs (e.g. 9M) within 10%%, in place of Eq. 8's lambda (README, 'Asking for a cost'). "
+                         "The random search draws its samples within 5%% of F")
+    ap.add_argument("--target-latency", type=number(0, 1e6, low_open=True), metavar="MS",
+                    help="as --target-flops, for a latency search (--cost latency, implied): the derived network's "
+                         "latency by the table, in ms")
+    ap.set_defaults(random=None)  # the random-search baseline's (studies/random_search.py)
     h = ap.add_argument_group("schedule and optimisers (defaults: the paper's, per space)")
 
     def default_help(key, what):
@@ -107,11 +114,17 @@ def parse_search_args(ap, argv, defaults, before=(), random=False):
                          f"--out {args.out}" if args.random else f"{args.out} holds a search, not a random search")
     if random:
         args.warmup_epochs = 0  # no super network: nothing to warm up
+    if args.target_flops and args.target_latency:
+        raise UsageError("give --target-flops or --target-latency, not both")
+    if args.cost is None and args.target_latency:
+        args.cost = "latency"
     if args.cost is None:  # Sec. 4.1: the MobileNetV2 space is searched on GPU latency, the ResNet space on FLOPs
         args.cost = "latency" if args.lut or (args.space == "mbv2" and not random and runtime.uses_cuda(args)) \
             else "flops"
     if args.cost == "flops" and args.lut:
         raise UsageError("--lut is a latency table; drop it or use --cost latency")
+    if not random and (args.cost == "flops" and args.target_latency or args.cost == "latency" and args.target_flops):
+        raise UsageError(f"a {args.cost} search steers to --target-{args.cost}, not to the other target")
     if args.warmup_epochs > args.epochs or args.lr_min > args.lr:
         raise UsageError("need --warmup-epochs <= --epochs and --lr-min <= --lr")
     runtime.check_batch(args)
@@ -132,7 +145,7 @@ def default_out(args):
 def run_config(args):
     """What a checkpoint must agree with to be resumed."""
     keys = ("space", "data", "input_size", "subset", "classes", "connect", "seed", "epochs", "warmup_epochs",
-            "batch_size", "cost", "lut", "estimator", "random", "target_flops", "lr", "lr_min", "momentum",
+            "batch_size", "cost", "lut", "estimator", "random", "target_flops", "target_latency", "lr", "lr_min", "momentum",
             "weight_decay", "label_smoothing", "arch_lr", "arch_betas", "arch_weight_decay", "lam", "tau", "gpus",
             "procs", "amp", "sample_path")
     return {k: cli.plain(getattr(args, k)) for k in keys}  # plain values, as args.json holds them

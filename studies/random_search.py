@@ -135,12 +135,10 @@ def parse_args(argv=None):
     r.add_argument("--random", type=integer(1, 10_000), metavar="K",
                    help="instead of searching, train K uniformly sampled architectures within 5%% of --target-flops "
                         "for --epochs each (default 5) and keep the best by validation accuracy (paper: 15)")
-    r.add_argument("--target-flops", type=options.parse_flops, metavar="F",
-                   help="FLOPs (multiply-accumulates) of the random samples, e.g. 361M (DenseNAS-C) or 3.6e8")
     # 5 epochs per sample (Sec. 4.4), a flag read before the given ones
     args = options.parse_search_args(ap, argv, search.DEFAULTS, before=["--epochs", "5"], random=True)
-    if args.lut or args.cost == "latency":
-        raise UsageError("the random search samples by FLOPs; drop --lut and --cost latency")
+    if args.lut or args.cost == "latency" or args.target_latency:
+        raise UsageError("the random search samples by FLOPs; drop --lut, --cost latency and --target-latency")
     return args
 
 

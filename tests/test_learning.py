@@ -6,6 +6,7 @@ them, a rebias that undoes the step) fails both planted problems, and a cost wit
 the first; each first checks that the architecture derived before the steps is not the answer.
 """
 import itertools
+import math
 
 import torch
 import torch.nn as nn
@@ -147,3 +148,38 @@ def test_derived_network_on_shared_weights_is_the_derived_network():
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.allclose(net(x, samples, path), derived(x), atol=1e-5)
+
+
+def test_target_steering_reaches_a_target_below_and_above_lambda_zero():
+    """search.py --target-flops on the toy space, with the search's own architecture step and steering: a search
+    at lambda = 0 derives a network of F0 FLOPs; steered to 0.6 F0 and to 1.6 F0 (noise labels, so only the cost
+    term moves alpha and beta), the chained estimate must close at least half of its log-distance to the target,
+    where the lambda = 0 search stays where it was, and the derived network (derive_within, as Search.derive) must
+    land within 10% of the target. A steering that does not act (mu left at 0) fails the first; a derivation that
+    ignores the target fails the second."""
+    import search
+    from viterbi import derive_within
+    space = get_space("toy", SIZE, 3, 10)
+    table = flops_table(space)
+    prices = CostModel(space, table, skip_price=0)
+
+    def steered(target, steps=150):
+        net = frozen_supernet(space, 0)
+        objective = Objective(CostModel(space, table), 0.0, 15.0, 1e6, target=target and target / 1e6)
+        opt = torch.optim.Adam(net.arch_parameters(), lr=0.1, betas=(0.5, 0.999))
+        g = torch.Generator().manual_seed(1)
+        for _ in range(steps):
+            x = torch.randn(8, 3, SIZE, SIZE, generator=g)
+            arch_step(net, opt, objective, x, torch.randint(0, 10, (8,), generator=g), sample_candidates(net, 2, g))
+            if target:
+                objective.steer(net)
+        return net, objective.cost(net).item() * 1e6
+
+    net0, estimate0 = steered(None)
+    f0 = arch_cost(derive_supernet(net0), table)
+    for target in (0.6 * f0, 1.6 * f0):
+        net, estimate = steered(target)
+        assert abs(math.log(estimate / target)) <= 0.5 * abs(math.log(estimate0 / target))
+        arch, _ = derive_within(space, [a.detach() for a in net.alphas()], net.path_probs().detach(), prices,
+                                target * (1 - search.TARGET_TOLERANCE), target * (1 + search.TARGET_TOLERANCE))
+        assert abs(arch_cost(arch, table) / target - 1) <= search.TARGET_TOLERANCE

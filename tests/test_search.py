@@ -169,6 +169,19 @@ def test_toy_search_derives_an_arch_whose_logged_cost_is_exact(tmp_path):
     assert "retrain.py --arch" in r.stdout
 
 
+def test_toy_search_with_a_target_derives_a_network_within_ten_percent(tmp_path):
+    """--target-flops: every epoch's derived network (arch.json, its logged cost) lies within 10% of the target, and
+    the multiplier is logged; args.json records the target."""
+    out = tmp_path / "run"
+    r = run(TOY + ["--epochs", "3", "--warmup-epochs", "1", "--target-flops", "1.4M", "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
+    assert all(abs(rec["arch_cost"] / 1.4e6 - 1) <= 0.1 for rec in log[1:]) and "mu" in log[-1]
+    assert arch_cost(json.loads((out / "arch.json").read_text()), flops_table(get_space("toy", 16, 3, 10))) == \
+        log[-1]["arch_cost"]
+    assert json.loads((out / "args.json").read_text())["target_flops"] == 1.4e6
+
+
 def test_two_ranks_hold_identical_parameters_after_every_step(tmp_path):
     """--procs 2 (gloo): both ranks sample the same candidates and end each step with identical weights, alpha,
     beta. On an ImageFolder with a latency table measured by the run: rank 0 alone writes the split and the
@@ -235,6 +248,8 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys):
         "lut": (TOY + ["--cost", "latency", "--lut", str(lut)], fresh, "input_size=28"),
         "gpus": (TOY + ["--gpus", "1"], fresh, "--gpus 1"),
         "flag": (TOY + ["--no-such-flag"], fresh, "--no-such-flag"),
+        "two targets": (TOY + ["--target-flops", "1M", "--target-latency", "2"], fresh, "not both"),
+        "other target": (TOY + ["--cost", "flops", "--target-latency", "2"], fresh, "--target-flops"),
     }
     for name, (argv, out, says) in cases.items():
         before = snapshot(out)

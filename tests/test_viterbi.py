@@ -1,9 +1,11 @@
 """Deriving the architecture (Sec. 3.4): the Viterbi algorithm (supplement A.2, Algorithm 1) and derive()."""
+import itertools
+import json
 import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 import retrain
 import supernet
@@ -188,3 +190,81 @@ def test_resnet_ending_block_has_a_conv_per_incoming_block():
     assert all(s.candidates == ("conv1x1",) for s in ending)
     assert {s.c_in for s in ending} == {480, 496, 512}
     assert space.derived_classifiers() == [f"linear/{c}/1000/1/1" for c in (480, 496, 512)]
+
+
+# ----------------------------------------------------------------------------------------
+# The derivation under a cost window (search.py --target-flops, --target-latency; not in the paper)
+
+def on_path(slot, path):
+    """Whether a mixed layer belongs to the network of this block sequence: its branch's connection or its block."""
+    return slot.edge in set(zip(path, path[1:])) if slot.edge else slot.block in path[1:]
+
+
+def every_network(space, alphas, p):
+    """Brute force: (score, cost, arch) of every network of the space, priced by the FLOPs table (arch_cost), scored
+    as derive_within scores: sum log p along the path plus alpha / T - max alpha / T of every chosen candidate."""
+    from cost import arch_cost, flops_table
+    table = flops_table(space)
+    pd = {e: float(v) for e, v in zip(space.edges, p)}
+    regret = [[float(a) / space.temperature - float(max(al)) / space.temperature for a in al] for al in alphas]
+    base = [viterbi.argmax(a) for a in alphas]
+    out = []
+    for path in all_paths(pd, space.n):
+        edges = set(zip(path, path[1:]))
+        free = [k for k, s in enumerate(space.slots) if on_path(s, path)]
+        for pick in itertools.product(*[range(len(space.slots[k].candidates)) for k in free]):
+            chosen = list(base)
+            for k, c in zip(free, pick):
+                chosen[k] = c
+            arch = viterbi.arch_file(space, chosen, path)
+            score = sum(math.log(pd[e]) for e in edges) + sum(regret[k][c] for k, c in zip(free, pick))
+            out.append((score, arch_cost({**arch, "space": "toy"}, table), arch))  # (check_arch knows toy)
+    return out
+
+
+def network_count(space):
+    pd = {e: 0.5 for e in space.edges}
+    total = 0
+    for path in all_paths(pd, space.n):
+        total += math.prod(len(s.candidates) for s in space.slots if on_path(s, path))
+    return total
+
+
+@settings(max_examples=25, deadline=None)
+@given(spaces(), st.integers(0, 2**16), st.floats(0, 1), st.floats(0.01, 0.5))
+def test_derive_within_is_the_most_probable_network_in_the_window(space, seed, where, half):
+    """derive_within against every network of small random spaces: its network lies in the window whenever one
+    does, and none with a higher score lies inside the window by more than the buckets' drift (one bucket per
+    block); with no network in the window, it is the nearest (up to that drift)."""
+    from cost import CostModel, arch_cost, flops_table
+    assume(network_count(space) <= 600)
+    g = torch.Generator().manual_seed(seed)
+    alphas = [torch.randn(len(s.candidates), generator=g, dtype=torch.float64) for s in space.slots]
+    p = supernet.path_probs(torch.randn(len(space.edges), generator=g, dtype=torch.float64), space)
+    nets = every_network(space, alphas, p)
+    costs = sorted(c for _, c, _ in nets)
+    centre = costs[0] * 0.8 + where * (costs[-1] * 1.2 - costs[0] * 0.8)  # now and then outside the space's range
+    lo, hi = centre * (1 - half), centre * (1 + half)
+    prices = CostModel(space, flops_table(space), skip_price=0)
+    arch, chosen = viterbi.derive_within(space, alphas, p, prices, lo, hi, buckets=200)
+    cost = arch_cost({**arch, "space": "toy"}, flops_table(space))
+    assert arch == viterbi.arch_file(space, chosen, arch["path"])
+    drift = (space.n + 1) * min(hi - lo, sum(prices.fixed) + sum(max(r) for r in prices.rows)) / 200
+    score = {json.dumps(a, sort_keys=True): s for s, _, a in nets}[json.dumps(arch, sort_keys=True)]
+    if any(lo <= c <= hi for c in costs):
+        assert lo <= cost <= hi
+        assert score >= max((s for s, c, _ in nets if lo + drift <= c <= hi - drift), default=-math.inf) - 1e-9
+    else:
+        def miss(c):
+            return max(math.log(lo / c), math.log(c / hi))
+        assert miss(cost) <= min(miss(c) for c in costs) + math.log(1 + drift / lo) + 1e-12
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.one_of(st.sampled_from(BUILTIN), spaces()), st.integers(0, 2**16))
+def test_derive_within_an_unbounded_window_is_derive(space, seed):
+    """With a window holding every network, derive_within is Algorithm 1 and argmax alpha (derive)."""
+    from cost import CostModel, flops_table
+    alphas, p = viterbi.random_arch_params(space, torch.Generator().manual_seed(seed))
+    prices = CostModel(space, flops_table(space), skip_price=0)
+    assert viterbi.derive_within(space, alphas, p, prices, 0.0, math.inf)[0] == viterbi.derive(space, alphas, p)
