@@ -6,16 +6,18 @@
   estimation  chained against local cost estimation (Sec. 4.5, Table 7, Fig. 6): studies/estimation.py
   ground_truth  networks of the laptop space trained stand-alone with several seeds: studies/ground_truth.py
   audit       a search's super network ranking those networks, against their stand-alone accuracy: studies/audit.py
+  fidelity    a latency table's predictions against whole networks timed on the device: studies/fidelity.py
 
     python -m studies random --help
 """
 import sys
 
 from machinery.cli import UsageError, run_cli
-from studies import audit, estimation, ground_truth, random_search, table1
+from studies import audit, estimation, fidelity, ground_truth, random_search, table1
 
 STUDIES = {"random": random_search.main, "table1": table1.main, "estimation": estimation.main,
-           "ground_truth": ground_truth.main, "audit": audit.main}
+           "ground_truth": ground_truth.main, "audit": audit.main,
+           "fidelity": fidelity.main}
 
 
 def main(argv=None):

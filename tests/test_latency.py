@@ -249,3 +249,32 @@ def test_bad_input_one_line(clis, name):
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not os.path.exists(r.args[-1]) or name == "bad_arch"
+
+
+def test_fidelity_times_spread_and_given_networks_and_resumes(lut, arch_file, tmp_path, capsys):
+    """python -m studies fidelity: every network (N spread over the FLOPs range and the arch files given) is timed
+    once on the table's settings and predicted by the table's sum; a rerun with the same OUT times none again; a
+    FLOPs table is refused in one line."""
+    from studies import fidelity
+    path, table = lut
+    out = tmp_path / "fid"
+    threads = torch.get_num_threads()
+    try:
+        fidelity.main(["--lut", path, "--archs", "4", "--arch", arch_file, "--pool", "50", "--out", str(out)])
+        first = (out / "fidelity.jsonl").read_text()
+        fidelity.main(["--lut", path, "--archs", "4", "--arch", arch_file, "--pool", "50", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert (out / "fidelity.jsonl").read_text() == first and "5 already in" in capsys.readouterr().out
+    records = cli.read_log(str(out / "fidelity.jsonl"))
+    arch = json.loads(open(arch_file).read())
+    assert [r["id"] for r in records] == [f"random-{k}" for k in range(4)] + [os.path.abspath(arch_file)]
+    assert math.isclose(records[-1]["predicted_ms"], cost.arch_cost(arch, table))
+    assert all(r["measured_ms"] > 0 for r in records) and len({r["flops"] for r in records}) >= 4
+    res = json.loads((out / "fidelity.json").read_text())
+    assert res["networks"] == 5 and -1 <= res["pearson"]["value"] <= 1 and res["mape_percent"] >= 0
+    assert (out / "fidelity.svg").read_text().startswith("<svg")
+    flops = tmp_path / "flops.json"
+    cli.save_json_atomic(cost.flops_table(supernet.get_space("toy", 32)), str(flops))
+    with pytest.raises(cli.UsageError, match="not a latency table"):
+        fidelity.main(["--lut", str(flops), "--out", str(tmp_path / "f2")])
