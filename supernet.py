@@ -29,13 +29,24 @@ class InvalidInput(ValueError):
 
 MBCONVS = [f"mbconv_k{k}_e{e}" for k in (3, 5, 7) for e in (3, 6)]
 OPS = MBCONVS + ["mbconv_k3_e1", "skip", "basic_block", "bottleneck"]
+# NSE's 27-op pool (NSE App. A.1, Fig. 6): depthwise kernels 3-11 x expansions 1/3/6, 3x3 dilated by 2 or 3, and
+# 1xk-kx1 factorised depthwise filters, each as an inverted residual (nse.py)
+NSE_POOL = ([f"mbconv_k{k}_e{e}" for k in (3, 5, 7, 9, 11) for e in (1, 3, 6)]
+            + [f"dilconv_k3_d{d}_e{e}" for d in (2, 3) for e in (1, 3, 6)]
+            + [f"fconv_k{k}_e{e}" for k in (5, 7) for e in (1, 2, 4)])
 # fixed parts of a network, priced in the same cost tables as the candidates
 FIXED_OPS = ["conv3x3", "conv1x1", "linear"]
 
 
-def conv_bn(c_in, c_out, k, stride=1, groups=1, affine=False):
-    conv = DepthwiseConv2d if groups > 1 and groups == c_in == c_out else nn.Conv2d
-    return [conv(c_in, c_out, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out, affine=affine)]
+def conv_bn(c_in, c_out, k, stride=1, groups=1, affine=False, dilation=1):
+    """A convolution (k an int, or (kh, kw)) with 'same' padding, and BN."""
+    kh, kw = (k, k) if isinstance(k, int) else k
+    if groups > 1 and groups == c_in == c_out and dilation == 1 and kh == kw:
+        conv = DepthwiseConv2d(c_in, c_out, kh, stride, kh // 2, groups=groups, bias=False)
+    else:
+        conv = nn.Conv2d(c_in, c_out, (kh, kw), stride, (dilation * (kh // 2), dilation * (kw // 2)), dilation,
+                         groups=groups, bias=False)
+    return [conv, nn.BatchNorm2d(c_out, affine=affine)]
 
 
 def activation(act):
@@ -46,15 +57,21 @@ def activation(act):
 
 
 class MBConv(nn.Module):
-    """Inverted residual of MobileNetV2: 1x1 expand (absent when e = 1), kxk depthwise, 1x1 linear."""
+    """Inverted residual of MobileNetV2: 1x1 expand (absent when e = 1), kxk depthwise, 1x1 linear. NSE's pool
+    (App. A.1) adds a dilated depthwise filter and a factorised one (1xk then kx1, depthwise)."""
 
-    def __init__(self, c_in, c_out, k, e, stride, affine=False):
+    def __init__(self, c_in, c_out, k, e, stride, affine=False, dilation=1, factorised=False):
         super().__init__()
         hidden = c_in * e
         layers = []
         if e != 1:
             layers += conv_bn(c_in, hidden, 1, affine=affine) + [activation("relu6")]
-        layers += conv_bn(hidden, hidden, k, stride, groups=hidden, affine=affine) + [activation("relu6")]
+        if factorised:
+            layers += conv_bn(hidden, hidden, (1, k), stride, groups=hidden, affine=affine)
+            layers += conv_bn(hidden, hidden, (k, 1), groups=hidden, affine=affine) + [activation("relu6")]
+        else:
+            layers += conv_bn(hidden, hidden, k, stride, groups=hidden, affine=affine, dilation=dilation)
+            layers += [activation("relu6")]
         layers += conv_bn(hidden, c_out, 1, affine=affine)
         self.body = nn.Sequential(*layers)
         self.residual = stride == 1 and c_in == c_out
@@ -90,10 +107,13 @@ def make_op(name, c_in, c_out, stride=1, affine=False, act="relu6"):
     if stride not in (1, 2):
         raise InvalidInput(f"stride must be 1 or 2, got {stride}")
     if name.startswith("mbconv_k"):
-        if name not in OPS:
+        if name not in OPS + NSE_POOL:
             raise InvalidInput(f"unknown op '{name}'")
         k, e = (int(s[1:]) for s in name.split("_")[1:])
         return MBConv(c_in, c_out, k, e, stride, affine)
+    if name in NSE_POOL:  # dilconv_k3_dD_eE, fconv_kK_eE
+        parts = {p[0]: int(p[1:]) for p in name.split("_")[1:]}
+        return MBConv(c_in, c_out, parts["k"], parts["e"], stride, affine, parts.get("d", 1), name.startswith("f"))
     if name == "skip":
         if stride != 1 or c_in != c_out:
             raise InvalidInput(f"skip cannot map {c_in} to {c_out} channels with stride {stride}")
@@ -106,7 +126,7 @@ def make_op(name, c_in, c_out, stride=1, affine=False, act="relu6"):
         return nn.Sequential(*conv_bn(c_in, c_out, int(name[4]), stride, affine=affine), activation(act))
     if name == "linear":
         return nn.Linear(c_in, c_out)
-    raise InvalidInput(f"unknown op '{name}' (known: {', '.join(OPS + FIXED_OPS)})")
+    raise InvalidInput(f"unknown op '{name}' (known: {', '.join(OPS + FIXED_OPS)}, and NSE's pool)")
 
 
 def init_weights(model):

@@ -162,6 +162,40 @@ def scatter_svg(series, xlabel, ylabel, title, lines=None):
     return _svg(left + w + 170, top + h + 50, body)
 
 
+def grid_svg(pool, record, title):
+    """NSE's layers x ops grid of one round (nse.py): a cell per op a layer held, filled by how it entered the
+    round (inherited, new), crossed where simplification dropped it (its step in the title), outlined in red where
+    aggregation kept it. Cell ids: cell-LAYER-OP."""
+    ops = [op for op in pool if any(op in s for s in record["subsets"])]
+    dropped = {(l, op): step for step, l, op in record["drops"]}
+    left, top, cw, ch = 60, 150, 26, 20
+    body = [f'<text x="{left}" y="22" font-size="13">{escape(title)}</text>']
+    for c, op in enumerate(ops):
+        x = left + c * cw + cw / 2
+        body.append(f'<text x="{x}" y="{top - 6}" transform="rotate(-60 {x} {top - 6})">{escape(op)}</text>')
+    for l, subset in enumerate(record["subsets"]):
+        y = top + l * ch
+        body.append(f'<text x="{left - 6}" y="{y + 14}" text-anchor="end">layer {l}</text>')
+        for c, op in enumerate(ops):
+            if op not in subset:
+                continue
+            x = left + c * cw
+            inherited = op in record["inherited"][l]
+            kept = op in record["kept"][l]
+            state = ("inherited" if inherited else "new") + (f", dropped at step {dropped[l, op]}"
+                                                             if (l, op) in dropped else "") + (", kept" if kept else "")
+            body.append(f'<rect id="cell-{l}-{escape(op)}" x="{x + 1}" y="{y + 1}" width="{cw - 2}" height="{ch - 2}" '
+                        f'fill="{"#9ecae1" if inherited else "#c7e9c0"}" stroke="{"#d62728" if kept else "#999"}" '
+                        f'stroke-width="{2 if kept else 0.5}"><title>layer {l}, {escape(op)}: {state}</title></rect>')
+            if (l, op) in dropped:
+                body.append(f'<line x1="{x + 4}" y1="{y + 4}" x2="{x + cw - 4}" y2="{y + ch - 4}" stroke="#333"/>'
+                            f'<line x1="{x + cw - 4}" y1="{y + 4}" x2="{x + 4}" y2="{y + ch - 4}" stroke="#333"/>')
+    y = top + len(record["subsets"]) * ch + 20
+    body.append(f'<text x="{left}" y="{y}">blue: inherited, green: new, crossed: dropped by its fitness, red '
+                'outline: kept by aggregation</text>')
+    return _svg(left + len(ops) * cw + 80, y + 20, body)
+
+
 # ----------------------------------------------------------------------------------------
 # The file a search's pictures are drawn from
 

@@ -1,5 +1,6 @@
 """NSE's parts (nse.py) on toy inputs, each against its definition in the paper or against brute force."""
 import itertools
+import json
 import math
 
 import torch
@@ -155,3 +156,77 @@ def test_lock_and_rehearse_keeps_inherited_ops(ops, inherited, reduction):
     for n, t in ops:
         assert (n in keep) == (t >= nse.THRESHOLD or n in inherited) or (reduction and keep == [n])
     assert keep or not reduction
+
+
+class Planted(nn.Module):
+    """Two multi-branch layers of 1x1 convolutions (frozen random weights) between a stem and a classifier."""
+
+    def __init__(self, k=3, reduction=(True, False)):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.layers = nn.ModuleList(nse.MultiBranchLayer({f"op{i}": nn.Sequential(nn.Conv2d(8, 8, 1), nn.Tanh())
+                                                          for i in range(k)}, r) for r in reduction)
+        self.classifier = nn.Linear(8, 10)
+        with torch.no_grad():
+            self.classifier.weight.mul_(30)  # sharp teacher logits: the labels depend on every layer's config
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for layer in self.layers:
+            layer.theta.requires_grad_(True)
+
+    def forward(self, x, gates, pairs=False):
+        x = self.stem(x)
+        for layer, g in zip(self.layers, gates):
+            x = layer(x, pair=g) if pairs else layer(x, g)
+        return self.classifier(x.mean((2, 3)))
+
+
+def fitness_steps(net, target, steps, lr, seed=0):
+    """Fitness steps (Eq. 7 through simulated_output, Adam lr 0.1 as App. B) on random images labelled by the
+    network at the target configuration; returns each layer's configuration of highest probability (p > 0.5)."""
+    g = torch.Generator().manual_seed(seed)
+    rng = nse.rng_for(seed)
+    opt = torch.optim.Adam([layer.theta for layer in net.layers], lr=lr)
+    for _ in range(steps):
+        x = torch.randn(32, 3, 6, 6, generator=g)
+        with torch.no_grad():
+            y = net(x, target).argmax(1)
+        pairs = [nse.layer_pair(layer, rng) for layer in net.layers]
+        loss = nn.functional.cross_entropy(net(x, pairs, pairs=True), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return [tuple(int(t > 0) for t in layer.theta.detach()) for layer in net.layers]
+
+
+def test_fitness_step_finds_the_configuration_that_made_the_labels():
+    """A planted problem: the labels come from one configuration per layer; the fitness step alone (weights frozen,
+    no resource term) must make it the most probable one, and with the update switched off (lr 0) it does not."""
+    target = [(1, 0, 1), (0, 1, 0)]
+    assert fitness_steps(Planted(), target, 800, 0.1) == target  # (measured: not yet at 300 steps; found at 800 and 1000)
+    assert fitness_steps(Planted(), target, 800, 0.0) != target
+
+
+def test_two_rounds_of_evolution_inherit_lock_and_replenish(tmp_path):
+    """nse.py end to end on fake data, two small rounds: round 2 inherits exactly what round 1's aggregation kept,
+    drops none of it (Lock & Rehearse), evaluates round 1's front again, and refills every layer to K with ops the
+    layer never held; each round writes its grid and front pictures, the run its final networks."""
+    out = tmp_path / "nse"
+    nse.main(["--preset", "laptop", "--data", "fake", "--subset", "128", "--epochs", "1", "--d", "6", "--d-e", "2",
+              "--rounds", "2", "--out", str(out)])
+    r1, r2 = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    k = nse.MACROS["laptop"].k
+    assert r2["inherited"] == r1["kept"]
+    assert not any(op in r2["inherited"][l] for _, l, op in r2["drops"])
+    assert sum(kind == "previous" for *_, kind in r2["samples"]) == len(r1["front"])
+    for l, (s1, s2) in enumerate(zip(r1["subsets"], r2["subsets"])):
+        assert set(r1["kept"][l]) <= set(s1) and set(r2["inherited"][l]) <= set(s2)
+        assert not (set(s2) - set(r2["inherited"][l])) & set(s1)  # new ops: never held by this layer
+        assert len(s2) == k
+    for r in (1, 2):
+        assert (out / f"round-{r}-grid.svg").read_text().startswith("<svg")
+    finals = sorted(out.glob("final-*.json"))
+    assert len(finals) == len(r2["front"]) >= 1
+    arch = json.loads(finals[0].read_text())
+    assert len(arch["layers"]) == len(nse.MACROS["laptop"].layers()) and arch["flops"] > 0
