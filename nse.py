@@ -22,6 +22,7 @@ import itertools
 import os
 import math
 import random
+import time
 from dataclasses import dataclass
 
 import torch
@@ -333,13 +334,16 @@ def train_round(net, train, val, settings, inherited, rng, log=print):
     t_opt = torch.optim.Adam(net.thetas(), lr=0.1)
     costs = [[c / s["unit"] for c in row] for row in net.op_costs()]
     fixed = fixed_flops(net.macro) / s["unit"]
-    drops, step, val_iter = [], 0, iter(())
+    drops, step, val_iter, t0 = [], 0, iter(()), time.time()
     for epoch in range(s["epochs"]):
+        correct = seen = 0
         for x, y in train(epoch):
             net.train()
             for t in net.thetas():
                 t.requires_grad_(False)
-            loss = F.cross_entropy(net(x, [uniform_config(layer, rng) for layer in net.layers]), y)
+            logits = net(x, [uniform_config(layer, rng) for layer in net.layers])
+            loss = F.cross_entropy(logits, y)
+            correct, seen = correct + (logits.argmax(1) == y).sum().item(), seen + len(y)
             w_opt.zero_grad(set_to_none=True)
             loss.backward()
             w_opt.step()
@@ -368,6 +372,10 @@ def train_round(net, train, val, settings, inherited, rng, log=print):
                         drops.append((step, l, op))
                         log(f"  step {step}: layer {l} drops {op} (theta {float(layer.theta[layer.names.index(op)]):.2f})")
                 layer.alive = [i for i in layer.alive if layer.names[i] in keep]
+        spent = time.time() - t0
+        log(f"  epoch {epoch + 1}/{s['epochs']}: sampled sub-networks {100 * correct / max(seen, 1):.1f}% on training "
+            f"batches, {sum(len(layer.alive) for layer in net.layers)} ops alive; {seen * (epoch + 1) / spent:.0f} "
+            f"img/s, round ETA {spent / (epoch + 1) * (s['epochs'] - epoch - 1):.0f}s")
     return drops
 
 
