@@ -22,7 +22,7 @@ from machinery.cli import ArgumentParser, UsageError, integer
 from machinery.data import load_data, make_loader
 from machinery.draw import scatter_svg
 from search import bn_momentum
-from studies.stats import bootstrap_interval, kendall, spearman, top_hit_rate
+from studies.stats import bootstrap_interval, kendall, paired_difference, spearman, top_hit_rate
 from supernet import SuperNet, get_space
 
 
@@ -81,13 +81,23 @@ def strata_tau(predicted, truth, flops, strata=4):
 
 def main(argv=None):
     ap = ArgumentParser(__doc__, prog="python -m studies audit")
-    ap.add_argument("--run", required=True, help="a search folder (its args.json and checkpoint.pt)")
+    ap.add_argument("--run", help="a search folder (its args.json and checkpoint.pt)")
     ap.add_argument("--table", required=True, help="a ground-truth table.jsonl (python -m studies ground_truth)")
     ap.add_argument("--out", default=os.path.join("runs", "audit"), help="output folder (default runs/audit)")
     ap.add_argument("--calib", type=integer(1, 10**6), default=2048,
                     help="training images that recalibrate BN before each reading (default 2048)")
     ap.add_argument("--batch-size", type=integer(1, 4096), default=256, help="batch size of the readings (default 256)")
+    ap.add_argument("--versus", metavar="AUDIT_JSON",
+                    help="another search's audit.json: the difference of Kendall tau on the networks both read, with "
+                         "a paired bootstrap interval (one change of the search against another)")
+    ap.add_argument("--compare", nargs=2, metavar=("AUDIT_JSON", "OTHER_JSON"),
+                    help="instead of reading a run: --versus for two audits made before (seconds; needs --table)")
     args = ap.parse_args(argv)
+    if args.compare:
+        return compare(args)
+    if not args.run:
+        raise UsageError("give --run (a search folder to audit) or --compare A B")
+    other = load_audit(args.versus) if args.versus else None
     net, data, settings = load_run(args.run)
     if not os.path.isfile(args.table):
         raise UsageError(f"--table {args.table} does not exist")
@@ -99,8 +109,7 @@ def main(argv=None):
     val = list(make_loader(data.val, args.batch_size, False, 0, 0, drop_last=False))
     calib = list(make_loader(data.train, args.batch_size, True, 0, settings["seed"]))[
         :math.ceil(args.calib / args.batch_size)]
-    seeds = sorted(records[0]["val"])
-    truth = [sum(r["val"][s] for s in seeds) / len(seeds) for r in records]
+    truth, seeds = stand_alone(records)
     flops = [r["flops"] for r in records]
     readings = {"batch_stats": [], "recalibrated": []}
     for k, r in enumerate(records):
@@ -110,6 +119,7 @@ def main(argv=None):
               f"{readings['batch_stats'][-1]:.2f}% (batch statistics), {readings['recalibrated'][-1]:.2f}% "
               "(recalibrated)", flush=True)
     result = {"run": os.path.abspath(args.run), "table": os.path.abspath(args.table), "networks": len(records),
+              "ids": [r["id"] for r in records],
               "calib_images": min(args.calib, len(calib) * args.batch_size),
               "flops": ranking(flops, truth)}
     if len(seeds) >= 2:
@@ -118,6 +128,8 @@ def main(argv=None):
     for mode, acc in readings.items():
         result[mode] = ranking(acc, truth) | {"strata_tau": strata_tau(acc, truth, flops), "readings": acc}
     report(result, seeds)
+    if other is not None:
+        result["versus"] = versus(result, other, truth, args.versus)
     os.makedirs(args.out, exist_ok=True)
     cli.save_json_atomic(result, os.path.join(args.out, "audit.json"))
     series = {name: (colour, list(zip(truth, readings[mode]))) for name, mode, colour in
@@ -126,6 +138,60 @@ def main(argv=None):
                                      "the super network's reading against training alone"),
                          os.path.join(args.out, "audit.svg"))
     print(f"outputs: {os.path.join(args.out, 'audit.json')}, {os.path.join(args.out, 'audit.svg')}")
+
+
+def stand_alone(records):
+    """The stand-alone validation top-1 of every network: the mean over the table's seeds."""
+    seeds = sorted(records[0]["val"])
+    return [sum(r["val"][s] for s in seeds) / len(seeds) for r in records], seeds
+
+
+def compare(args):
+    """--compare A B: A's Kendall tau against B's on the networks both read, against the table's truth."""
+    if not os.path.isfile(args.table):
+        raise UsageError(f"--table {args.table} does not exist")
+    records = cli.read_log(args.table)
+    truth, _ = stand_alone(records)
+    by_id = dict(zip((r["id"] for r in records), truth))
+    a = load_audit(args.compare[0])
+    missing = [i for i in a["ids"] if i not in by_id]
+    if missing:
+        raise UsageError(f"{args.compare[0]} read {missing[0]}, which {args.table} does not hold")
+    result = {"ids": a["ids"], **{m: a[m] for m in ("batch_stats", "recalibrated")}}
+    out = versus(result, load_audit(args.compare[1]), [by_id[i] for i in a["ids"]], args.compare[1])
+    os.makedirs(args.out, exist_ok=True)
+    cli.save_json_atomic(out, os.path.join(args.out, "versus.json"))
+    print(f"output: {os.path.join(args.out, 'versus.json')}")
+
+
+def load_audit(path):
+    """An earlier audit.json and the ids of its networks (an audit before ids were recorded: its table's)."""
+    audit = cli.read_json(path, "--versus")
+    if not isinstance(audit, dict) or "recalibrated" not in audit:
+        raise UsageError(f"--versus {path} is not an audit.json of python -m studies audit")
+    if "ids" not in audit:
+        audit["ids"] = [r["id"] for r in cli.read_log(audit["table"])][:audit["networks"]]
+    return audit
+
+
+def versus(result, other, truth, path):
+    """Kendall tau of this audit's readings less the other's, on the networks both read (paired bootstrap)."""
+    mine = {i: k for k, i in enumerate(result["ids"])}
+    common = [(mine[i], k) for k, i in enumerate(other["ids"]) if i in mine]
+    if len(common) < 3:
+        raise UsageError(f"--versus {path} read fewer than 3 of this table's networks")
+    out = {"audit": os.path.abspath(path), "networks": len(common)}
+    for mode in ("batch_stats", "recalibrated"):
+        a = [result[mode]["readings"][m] for m, _ in common]
+        b = [other[mode]["readings"][k] for _, k in common]
+        diff, interval, share = paired_difference(kendall, a, b, [truth[m] for m, _ in common])
+        out[mode] = {"tau": kendall(a, [truth[m] for m, _ in common]), "other_tau": kendall(b, [truth[m] for m, _ in
+                                                                                                common]),
+                     "difference": diff, "interval": interval, "share_not_above_0": share}
+        print(f"versus {path} on {len(common)} common networks ({mode}): tau {out[mode]['tau']:.3f} against "
+              f"{out[mode]['other_tau']:.3f}, difference {diff:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}] "
+              f"(paired bootstrap; not above 0 in {100 * share:.1f}% of resamples)")
+    return out
 
 
 def report(result, seeds):

@@ -57,22 +57,35 @@ def top_hit_rate(predicted, truth, fraction=0.1):
     return len(best & picked) / k
 
 
+def _resampled(statistic, n, samples, seed):
+    """statistic(idx) over `samples` resamples idx of range(n) with replacement; NaN values (ties) left out."""
+    g = torch.Generator().manual_seed(seed)
+    values = [statistic(torch.randint(n, (n,), generator=g)) for _ in range(samples)]
+    return torch.tensor([v for v in values if not math.isnan(v)], dtype=torch.float64)
+
+
+def _interval(values, level):
+    if not len(values):  # every resample tied: no interval
+        return math.nan, math.nan
+    tail = (1 - level) / 2
+    return float(torch.quantile(values, tail)), float(torch.quantile(values, 1 - tail))
+
+
 def bootstrap_interval(statistic, x, y, samples=2000, level=0.95, seed=0):
     """The percentile interval of statistic(x, y) over `samples` resamples of the (x, y) pairs with replacement.
     A resample on which the statistic is undefined (all values tied: NaN) is left out."""
     x, y = _vec(x), _vec(y)
-    g = torch.Generator().manual_seed(seed)
-    values = []
-    for _ in range(samples):
-        idx = torch.randint(len(x), (len(x),), generator=g)
-        v = statistic(x[idx], y[idx])
-        if not math.isnan(v):
-            values.append(v)
-    if not values:  # every resample tied: no interval
-        return math.nan, math.nan
-    values = torch.tensor(values, dtype=torch.float64)
-    tail = (1 - level) / 2
-    return float(torch.quantile(values, tail)), float(torch.quantile(values, 1 - tail))
+    return _interval(_resampled(lambda i: statistic(x[i], y[i]), len(x), samples, seed), level)
+
+
+def paired_difference(statistic, a, b, truth, samples=2000, level=0.95, seed=0):
+    """statistic(a, truth) - statistic(b, truth) for two readings of the same items, its paired bootstrap interval
+    (the same resample of items for both) and the share of resamples where it is not above 0 (a one-sided
+    bootstrap p-value for 'a ranks better than b')."""
+    a, b, t = _vec(a), _vec(b), _vec(truth)
+    values = _resampled(lambda i: statistic(a[i], t[i]) - statistic(b[i], t[i]), len(t), samples, seed)
+    return (statistic(a, t) - statistic(b, t), _interval(values, level),
+            float((values <= 0).double().mean()) if len(values) else math.nan)
 
 
 def permutation_p(a, b, samples=10000, seed=0):

@@ -5,7 +5,8 @@ import math
 import torch
 from hypothesis import given, settings, strategies as st
 
-from studies.stats import (bootstrap_interval, kendall, matched_permutation_p, pearson, percentile, permutation_p,
+from studies.stats import (bootstrap_interval, kendall, matched_permutation_p, paired_difference, pearson, percentile,
+                           permutation_p,
                            ranks, spearman, top_hit_rate)
 
 values = st.lists(st.integers(-5, 5), min_size=3, max_size=12)
@@ -100,3 +101,15 @@ def test_matched_permutation_p_known_cases():
     best = [[10.0] + list(range(9)) for _ in range(3)]
     assert math.isclose(matched_permutation_p(best), 1e-3)
     assert matched_permutation_p([[4.0] + list(range(9)) for _ in range(3)]) > 0.4
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(-100, 100), min_size=4, max_size=30, unique=True))
+def test_paired_difference_of_a_reading_with_itself_and_with_its_reverse(truth):
+    """The same reading twice differs by 0 on every resample; the truth itself against its reverse differs by
+    tau 1 - (-1) = 2, never at or below 0."""
+    diff, interval, share = paired_difference(kendall, truth, truth, truth, samples=200)
+    assert diff == 0 and interval == (0.0, 0.0) and share == 1.0
+    rev = [-t for t in truth]
+    diff, interval, share = paired_difference(kendall, truth, rev, truth, samples=200)
+    assert math.isclose(diff, 2.0) and share == 0.0 and interval[1] <= 2.0 + 1e-12

@@ -237,3 +237,25 @@ def test_table1_from_a_ground_truth_table_gives_percentiles_a_permutation_test_a
     assert result["pareto_front"] == [(2e6, 70), (5.1e6, 82), (9.6e6, 92.5), (11e6, 99)]
     svg = (tmp_path / "t1" / "table1.svg").read_text()
     assert svg.count('id="point-random-') == 6 and svg.count('id="point-searched-') == 2 and "line-Pareto" in svg
+
+
+def test_audit_compare_pairs_two_audits_by_network(tmp_path):
+    """python -m studies audit --compare A B: tau of A's readings less B's on the networks both read, against the
+    table's mean validation top-1; B read the networks in another order and one more."""
+    table = tmp_path / "table.jsonl"
+    truth = [70.0, 71.0, 72.0, 73.0, 74.0]
+    table.write_text("".join(json.dumps({"id": f"n{k}", "val": {"0": t - 1, "1": t + 1}}) + "\n"
+                             for k, t in enumerate(truth)))
+    a = {"ids": [f"n{k}" for k in range(5)], "networks": 5, "table": str(table),
+         "batch_stats": {"readings": truth}, "recalibrated": {"readings": truth[::-1]}}
+    b = {"ids": ["x", "n4", "n3", "n2", "n1", "n0"], "networks": 6, "table": str(table),
+         "batch_stats": {"readings": [0, 4, 3, 2, 1, 0]}, "recalibrated": {"readings": [0, 4, 3, 2, 1, 0]}}
+    for name, obj in (("a.json", a), ("b.json", b)):
+        (tmp_path / name).write_text(json.dumps(obj))
+    audit.main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--table", str(table), "--out",
+                str(tmp_path / "out")])
+    out = json.loads((tmp_path / "out" / "versus.json").read_text())
+    assert out["networks"] == 5
+    assert out["batch_stats"]["tau"] == 1.0 and out["batch_stats"]["other_tau"] == 1.0
+    assert out["batch_stats"]["difference"] == 0.0
+    assert out["recalibrated"]["tau"] == -1.0 and out["recalibrated"]["difference"] == -2.0
