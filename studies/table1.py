@@ -83,9 +83,14 @@ def main(argv=None):
     ap.add_argument("--log-every", type=number(0, low_open=True), default=30.0,
                     help="seconds between progress lines (default 30)")
     ap.add_argument("--table", help="instead: Table 1 with statistics from this ground-truth table.jsonl")
+    ap.add_argument("--searched", nargs="+", metavar="RUN",
+                    help="with --table: only these search runs' networks (default: every searched one); the others "
+                         "are left out, not counted as random")
     args = ap.parse_args(argv)
     if args.table:
-        return table1_from_truth(args.table, args.out)
+        return table1_from_truth(args.table, args.out, args.searched)
+    if args.searched:
+        raise UsageError("--searched goes with --table")
     if len(set(args.seeds)) != len(args.seeds):
         raise UsageError("the --seeds must be distinct")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -164,11 +169,17 @@ def pareto_front(points):
     return front
 
 
-def table1_from_truth(path, out):
+def table1_from_truth(path, out, runs=None):
     if not os.path.isfile(path):
         raise UsageError(f"--table {path} does not exist")
     records = cli.read_log(path)
     searched = [r for r in records if r["kind"] == "searched"]
+    if runs:
+        wanted = {os.path.abspath(r) for r in runs}
+        missing = wanted - {r["id"] for r in searched}
+        if missing:
+            raise UsageError(f"{path} holds no searched network of {sorted(missing)[0]}")
+        searched = [r for r in searched if r["id"] in wanted]
     random = [r for r in records if r["kind"] != "searched"]
     if not searched or not random:
         raise UsageError(f"{path} needs searched and random networks (ground_truth --searched ... --peers K)")
