@@ -322,6 +322,14 @@ def uniform_config(layer, rng):
     return layer.full(uniform_gates(len(layer.alive), layer.reduction, rng))
 
 
+def trainable(net, weights):
+    """The weights train and theta is frozen, or the other way round."""
+    for p in net.weight_parameters():
+        p.requires_grad_(weights)
+    for t in net.thetas():
+        t.requires_grad_(not weights)
+
+
 def train_round(net, train, val, settings, inherited, rng, log=print):
     """Step 2 (Sec. 3.1): weight steps on uniformly gated sub-networks (Eq. 2; SGD Nesterov, cosine) and, after
     every second one, a fitness step on a validation batch (Eq. 5-8; Adam on theta), each followed by
@@ -339,8 +347,7 @@ def train_round(net, train, val, settings, inherited, rng, log=print):
         correct = seen = 0
         for x, y in train(epoch):
             net.train()
-            for t in net.thetas():
-                t.requires_grad_(False)
+            trainable(net, weights=True)
             logits = net(x, [uniform_config(layer, rng) for layer in net.layers])
             loss = F.cross_entropy(logits, y)
             correct, seen = correct + (logits.argmax(1) == y).sum().item(), seen + len(y)
@@ -356,8 +363,7 @@ def train_round(net, train, val, settings, inherited, rng, log=print):
             except StopIteration:
                 val_iter = iter(val)
                 xv, yv = next(val_iter)
-            for t in net.thetas():
-                t.requires_grad_(True)
+            trainable(net, weights=False)  # the fitness step moves theta alone
             pairs = [layer_pair(layer, rng) for layer in net.layers]
             ce = F.cross_entropy(net(xv, pairs, pairs=True), yv)
             t_loss = ce + resource_term(net.layers, pairs, costs, fixed, s["alpha"], s["beta"], s["tau"])
