@@ -376,7 +376,7 @@ def train_round(net, train, val, settings, inherited, rng, log=print):
                 for op in alive:
                     if op not in keep:
                         drops.append((step, l, op))
-                        log(f"  step {step}: layer {l} drops {op} (theta {float(layer.theta[layer.names.index(op)]):.2f})")
+                        log(f"  step {step}: layer {l} drops {op} (theta {float(layer.theta.detach()[layer.names.index(op)]):.2f})")
                 layer.alive = [i for i in layer.alive if layer.names[i] in keep]
         spent = time.time() - t0
         log(f"  epoch {epoch + 1}/{s['epochs']}: sampled sub-networks {100 * correct / max(seen, 1):.1f}% on training "
