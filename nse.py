@@ -164,9 +164,11 @@ class NSENet(nn.Module):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(self.head(x), 1), 1))
 
     def op_costs(self):
-        """Each layer's ops' FLOPs, in its ops' order."""
-        return [[op_flops(signature(op, c_in, c_out, s, r)) for op in layer.names]
-                for layer, (c_in, c_out, s, r) in zip(self.layers, self.macro.layers())]
+        """Each layer's ops' FLOPs, in its ops' order (counted once per network: the Pareto retrieval asks often)."""
+        if not hasattr(self, "_op_costs"):
+            self._op_costs = [[op_flops(signature(op, c_in, c_out, s, r)) for op in layer.names]
+                              for layer, (c_in, c_out, s, r) in zip(self.layers, self.macro.layers())]
+        return self._op_costs
 
     def thetas(self):
         return [layer.theta for layer in self.layers]

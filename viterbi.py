@@ -78,8 +78,8 @@ def best_per_bucket(cost, score, width):
     """Indices of the highest score in every cost bucket of this width (ties: the first)."""
     order = torch.sort(score, descending=True, stable=True).indices
     bucket = torch.div(cost[order], width, rounding_mode="floor")
-    order = order[torch.sort(bucket, stable=True).indices]
-    bucket = torch.div(cost[order], width, rounding_mode="floor")
+    by_bucket = torch.sort(bucket, stable=True).indices
+    order, bucket = order[by_bucket], bucket[by_bucket]
     first = torch.ones_like(bucket, dtype=torch.bool)
     first[1:] = bucket[1:] != bucket[:-1]
     return order[first]
@@ -96,9 +96,9 @@ def combine(cost, score, option_cost, option_score, width):
 def derive_within(space, alphas, p, prices, lo, hi, buckets=200):
     """The most probable network of the space whose cost lies in [lo, hi]. Algorithm 1 and argmax alpha maximise
     sum log p_ij along the path plus, over every mixed layer, log w of its chosen candidate; so does this, over the
-    networks in the window. The same dynamic programme over the blocks keeps, for every
-    block, the best partial network per cost bucket ((hi - lo) / buckets wide at most; exact costs are carried, so the result
-    lies in the window, and is the most probable up to networks within a bucket of its edges). With an unbounded
+    networks in the window. The same dynamic programme over the blocks keeps, for every block, the best partial
+    network per cost bucket ((hi - lo) / buckets wide at most; exact costs are carried, so the result lies in the
+    window, and is the most probable up to networks within a bucket of its edges). With an unbounded
     window it is derive(). Where nothing in the space lies in the window, the network nearest to it.
     prices: a CostModel with skips at no cost (a chosen skip leaves the derived network). Returns the arch and
     its chosen candidate per mixed layer."""
@@ -111,6 +111,7 @@ def derive_within(space, alphas, p, prices, lo, hi, buckets=200):
     logw = [a - a.max() for a in logw]
     rows = [torch.tensor(r, **f64) for r in prices.rows]
     edge_slot = {slot.edge: k for k, slot in enumerate(space.slots) if slot.edge}
+    p_of = {e: float(v) for e, v in zip(space.edges, p)}
     # every block's basic layers: the best choices per cost bucket, over the product of its layers' candidates
     blocks = {}
     for j in range(1, space.n + 1):
@@ -127,7 +128,7 @@ def derive_within(space, alphas, p, prices, lo, hi, buckets=200):
         cs, ss, backs = [], [], []
         for j in [a for a, b in space.edges if b == i]:
             k = edge_slot[j, i]
-            logp = math.log(max(float(p[space.edges.index((j, i))]), 1e-300))
+            logp = math.log(max(p_of[j, i], 1e-300))
             oc = (rows[k][:, None] + bc[None, :]).flatten()  # head x block options
             os_ = (logw[k][:, None] + bs[None, :]).flatten() + logp
             c, s, lab, opt = combine(labels[j][0], labels[j][1], oc, os_, width)
