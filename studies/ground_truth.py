@@ -57,13 +57,13 @@ def spread_over_flops(space, n, pool, generator):
     return chosen
 
 
-def peers(space, k, networks, done):
-    """Random networks within 5% of each searched network's FLOPs (Table 1's comparison), so that each has at
-    least k peers among the spread networks and these. Drawn from a generator seeded by the searched network's
-    FLOPs, so a resumed run draws the same ones; named peer-<FLOPs>-<i>."""
+def peers(space, k, folders, networks, done):
+    """Random networks within 5% of the FLOPs of each searched network named (folders; Table 1's comparison), so
+    that each has at least k peers among the spread networks and these. Drawn from a generator seeded by the
+    searched network's FLOPs, so a resumed run draws the same ones; named peer-<FLOPs>-<i>."""
     table = flops_table(space)
-    searched = [r["flops"] for r in done.values() if r["kind"] == "searched"] + [n[4] for n in networks
-                                                                               if n[0] == "searched"]
+    new = {n[1]: n[4] for n in networks if n[0] == "searched"}
+    searched = [done[f]["flops"] if f in done else new[f] for f in folders]
     spread = [n[4] for n in networks if n[0] == "random"]
     extra = []
     for f in searched:
@@ -201,7 +201,7 @@ def main(argv=None):
                 if folder not in done]
     networks += [("random", f"random-{k}", *net) for k, net in enumerate(
         spread_over_flops(space, args.networks, args.pool, torch.Generator().manual_seed(args.split_seed)))]
-    networks += peers(space, args.peers, networks, done)
+    networks += peers(space, args.peers, args.searched, networks, done)
     t0 = time.time()
     todo = [n for n in networks if n[1] not in done]
     print(f"{len(todo)} networks of '{space.name}' to train ({len(done)} done), {len(args.seeds)} seeds each; data "
