@@ -178,6 +178,28 @@ class NSENet(nn.Module):
         return [p for p in self.parameters() if id(p) not in thetas]
 
 
+def macro_of(arch):
+    """The macro structure of a final network's file (its data's channels and classes where it records them)."""
+    macro = MACROS[arch["nse"]]
+    return Macro(**{**macro.__dict__, **{k: arch[k] for k in ("in_channels", "num_classes") if k in arch}})
+
+
+class FinalNetwork(nn.Module):
+    """An architecture of the evolved space trained stand-alone (NSE Sec. 4.1 retrains the retrieved networks):
+    arch = {"nse": macro name, "layers": [the ops of each layer]}, every layer the mean of its ops and, in a normal
+    layer, the identity (Eq. 1 with every gate on). theta is not trained."""
+
+    def __init__(self, arch):
+        super().__init__()
+        self.net = NSENet(macro_of(arch), arch["layers"])
+        for t in self.net.thetas():
+            t.requires_grad_(False)
+        self.gates = [tuple(1 for _ in ops) for ops in arch["layers"]]
+
+    def forward(self, x):
+        return self.net(x, self.gates)
+
+
 # ----------------------------------------------------------------------------------------
 # Sampling and the fitness indicators (Sec. 3.2.2, 3.3.1)
 
@@ -509,7 +531,8 @@ def evolve(macro, data, settings, seed, out, log=print):
         subsets, traversed, inherited = [f[0] for f in fills], [f[1] for f in fills], [set(k) for k in kept]
     for i, ops in enumerate(front_archs):
         f, acc = next((f, a) for o, f, a, _ in samples if o == ops)
-        cli.save_json_atomic({"nse": macro.name, "layers": [sorted(o) for o in ops], "flops": f, "one_shot_acc": acc},
+        cli.save_json_atomic({"nse": macro.name, "in_channels": macro.in_channels, "num_classes": macro.num_classes,
+                              "layers": [sorted(o) for o in ops], "flops": f, "one_shot_acc": acc},
                              os.path.join(out, f"final-{i}.json"))
     return rounds
 
@@ -577,10 +600,14 @@ def main(argv=None):
     ap.add_argument("--tau", type=number(0, low_open=True), help="FLOPs target in millions (App. B: 300)")
     ap.add_argument("--d", type=integer(1, 10**6), help=f"samples of the Pareto retrieval (App. B: {D})")
     ap.add_argument("--d-e", type=integer(0, 10**6), help=f"edge samples (App. B: {D_E})")
+    ap.add_argument("--k", type=integer(1, 1000), help="ops per layer and round (App. B: 5; laptop 4); the pool's "
+                                                       "size is a one-shot search over the whole pool in one round")
     ap.add_argument("--subset", type=integer(1), help="the first N images of each split")
     ap.add_argument("--batch-size", type=integer(1, 4096), help="batch size (App. B: 1024)")
     args = ap.parse_args(argv)
     macro = MACROS["laptop" if args.preset else "imagenet"]
+    if args.k is not None:
+        macro = Macro(**{**macro.__dict__, "k": min(args.k, len(macro.pool))})
     settings = dict(LAPTOP if args.preset else IMAGENET)
     for key in ("rounds", "epochs", "tau", "d", "d_e", "subset", "batch_size"):
         if getattr(args, key) is not None:
@@ -595,7 +622,7 @@ def main(argv=None):
     if (data.in_channels, data.num_classes) != (macro.in_channels, macro.num_classes):
         macro = Macro(**{**macro.__dict__, "in_channels": data.in_channels, "num_classes": data.num_classes})
     os.makedirs(out, exist_ok=True)
-    cli.save_json_atomic({"macro": macro.name, "data": data_name, "seed": args.seed, **settings},
+    cli.save_json_atomic({"macro": macro.name, "k": macro.k, "data": data_name, "seed": args.seed, **settings},
                          os.path.join(out, "args.json"))
     print(f"NSE on {data.info}: {len(macro.layers())} multi-branch layers, pool of {len(macro.pool)} ops, "
           f"K = {macro.k}, FLOPs target {settings['tau']}M", flush=True)

@@ -7,17 +7,18 @@
   ground_truth  networks of the laptop space trained stand-alone with several seeds: studies/ground_truth.py
   audit       a search's super network ranking those networks, against their stand-alone accuracy: studies/audit.py
   fidelity    a latency table's predictions against whole networks timed on the device: studies/fidelity.py
+  nse_truth   NSE's final networks against random networks of the whole pool at equal FLOPs: studies/nse_truth.py
 
     python -m studies random --help
 """
 import sys
 
 from machinery.cli import UsageError, run_cli
-from studies import audit, estimation, fidelity, ground_truth, random_search, table1
+from studies import audit, estimation, fidelity, ground_truth, nse_truth, random_search, table1
 
 STUDIES = {"random": random_search.main, "table1": table1.main, "estimation": estimation.main,
            "ground_truth": ground_truth.main, "audit": audit.main,
-           "fidelity": fidelity.main}
+           "fidelity": fidelity.main, "nse_truth": nse_truth.main}
 
 
 def main(argv=None):

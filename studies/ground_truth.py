@@ -25,6 +25,7 @@ import time
 import torch
 
 import latency
+import nse
 import retrain
 from cost import arch_cost, flops_table
 from machinery import cli, runtime
@@ -85,10 +86,16 @@ def searched_network(folder, space):
     return arch, [argmax(a) for a in alphas], arch_cost(arch, flops_table(space))
 
 
+def network(arch):
+    """The stand-alone network of a record's arch: a DenseNAS arch file (retrain.ArchNet) or an architecture of
+    NSE's evolved space (nse.FinalNetwork)."""
+    return nse.FinalNetwork(arch) if "nse" in arch else retrain.ArchNet(arch)
+
+
 def train_once(proc, arch, data, test, args, seed, name):
     """Validation and test top-1 of `arch` trained from scratch with the recipe in args and this seed."""
     torch.manual_seed(seed)
-    net = retrain.ArchNet(arch).to(proc.device, memory_format=torch.channels_last)
+    net = network(arch).to(proc.device, memory_format=torch.channels_last)
     recipe = retrain.Recipe(proc, net, data.train, argparse.Namespace(**vars(args), seed=seed))
     for epoch in range(args.epochs):
         torch.manual_seed(seed * 1000 + epoch)
@@ -146,27 +153,56 @@ class Trainer:
             self.pool.join()
 
 
-def cpu_latency_ms(arch):
-    net = retrain.ArchNet(arch).eval()
-    r = arch["input_size"]
-    return latency.time_ms(net, torch.randn(1, arch["in_channels"], r, r), warmup=5, repeats=30)
+def cpu_latency_ms(net, in_channels, size):
+    return latency.time_ms(net.eval(), torch.randn(1, in_channels, size, size), warmup=5, repeats=30)
 
 
-def main(argv=None):
-    ap = ArgumentParser(__doc__, prog="python -m studies ground_truth")
-    ap.add_argument("--out", default=os.path.join("runs", "ground_truth"), help="output folder (default "
-                                                                                  "runs/ground_truth)")
-    ap.add_argument("--space", default="mini", help="search space (default mini, the laptop preset's)")
-    ap.add_argument("--data", default="fashion-mnist", help="data (default fashion-mnist, the laptop preset's)")
-    ap.add_argument("--input-size", type=integer(8, 1024), default=None, help="image size (default: the data's)")
-    ap.add_argument("--networks", type=integer(2, 10_000), default=48, help="random networks (default 48)")
-    ap.add_argument("--pool", type=integer(2, 10**6), default=4000,
-                    help="random draws the networks are chosen from (default 4000)")
+def train_all(args, todo, done, path, recipe, data, test):
+    """Train every (kind, name, arch, flops, extra) of todo with every --seeds seed; one record each appended to
+    path (extra: fields of its own) and to done."""
+    t0 = time.time()
+    trainer = Trainer(args, data, test)
+    try:
+        for k, (kind, name, arch, flops, extra) in enumerate(todo):
+            accs = trainer.train(arch, args.seeds, name)
+            net = network(arch)
+            record = {"id": name, "kind": kind, "arch": arch, **extra, "flops": flops,
+                      "params": sum(p.numel() for p in net.parameters() if p.requires_grad),
+                      "latency_ms": cpu_latency_ms(net, data.in_channels, data.input_size),
+                      "val": {str(s): a[0] for s, a in accs.items()},
+                      "test": {str(s): a[1] for s, a in accs.items()}, "recipe": recipe, "threads": trainer.threads}
+            cli.append_line(path, record)
+            done[name] = record
+            rate = (time.time() - t0) / (k + 1)
+            print(f"{name}: {flops / 1e6:.2f}M FLOPs, val {[round(a[0], 2) for a in accs.values()]}, test "
+                  f"{[round(a[1], 2) for a in accs.values()]}; {k + 1}/{len(todo)}, ETA "
+                  f"{runtime.fmt_time(rate * (len(todo) - k - 1))}", flush=True)
+    finally:
+        trainer.close()
+
+
+def recipe_of(args):
+    return {k: getattr(args, k) for k in ("epochs", "subset", "batch_size", "lr", "lr_min", "momentum",
+                                          "weight_decay", "label_smoothing", "seeds", "split_seed", "data")}
+
+
+def open_table(args, recipe):
+    """OUT/table.jsonl's path and its records so far ({id: record}); refused if they were made with another
+    recipe."""
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UsageError("the --seeds must be distinct")
+    cli.claim_folder(args.out)
+    path = os.path.join(args.out, TABLE)
+    done = {r["id"]: r for r in cli.read_log(path)} if os.path.exists(path) else {}
+    for r in done.values():
+        if r.get("recipe") != recipe:
+            raise UsageError(f"{path} was made with another recipe ({r.get('recipe')}); use another --out")
+    return path, done
+
+
+def add_recipe_arguments(ap):
+    """The seeds, the data split, the one recipe of every network, --workers and --log-every."""
     ap.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
-    ap.add_argument("--searched", nargs="*", default=[], help="search folders whose derived networks join the table")
-    ap.add_argument("--peers", type=integer(0, 1000), default=0, metavar="K",
-                    help="random networks within 5%% of each searched network's FLOPs, drawn where the spread ones "
-                         "are fewer (Table 1: python -m studies table1 --table; default 0)")
     ap.add_argument("--split-seed", type=SEED, default=0, help="seed of the search's train/val split (default 0)")
     g = ap.add_argument_group("the recipe (one for every network)")
     g.add_argument("--epochs", type=integer(1, 1000), default=3, help="epochs (default 3)")
@@ -180,48 +216,41 @@ def main(argv=None):
     ap.add_argument("--workers", type=integer(1, 64), default=1, metavar="W",
                     help="trainings at once, each in its own process on cores/W threads (default 1: one at a time "
                          "in this process)")
-    g.add_argument("--log-every", type=number(0, low_open=True), default=30.0,
-                   help="seconds between progress lines (default 30)")
+    ap.add_argument("--log-every", type=number(0, low_open=True), default=30.0,
+                    help="seconds between progress lines (default 30)")
+
+
+def main(argv=None):
+    ap = ArgumentParser(__doc__, prog="python -m studies ground_truth")
+    ap.add_argument("--out", default=os.path.join("runs", "ground_truth"), help="output folder (default "
+                                                                                  "runs/ground_truth)")
+    ap.add_argument("--space", default="mini", help="search space (default mini, the laptop preset's)")
+    ap.add_argument("--data", default="fashion-mnist", help="data (default fashion-mnist, the laptop preset's)")
+    ap.add_argument("--input-size", type=integer(8, 1024), default=None, help="image size (default: the data's)")
+    ap.add_argument("--networks", type=integer(2, 10_000), default=48, help="random networks (default 48)")
+    ap.add_argument("--pool", type=integer(2, 10**6), default=4000,
+                    help="random draws the networks are chosen from (default 4000)")
+    ap.add_argument("--searched", nargs="*", default=[], help="search folders whose derived networks join the table")
+    ap.add_argument("--peers", type=integer(0, 1000), default=0, metavar="K",
+                    help="random networks within 5%% of each searched network's FLOPs, drawn where the spread ones "
+                         "are fewer (Table 1: python -m studies table1 --table; default 0)")
+    add_recipe_arguments(ap)
     args = ap.parse_args(argv)
-    if len(set(args.seeds)) != len(args.seeds):
-        raise UsageError("the --seeds must be distinct")
+    path, done = open_table(args, recipe_of(args))
     data = search_data(args)
     test = test_data(args, data.input_size)
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes)
-    recipe = {k: getattr(args, k) for k in ("epochs", "subset", "batch_size", "lr", "lr_min", "momentum",
-                                            "weight_decay", "label_smoothing", "seeds", "split_seed", "data")}
-    cli.claim_folder(args.out)
-    path = os.path.join(args.out, TABLE)
-    done = {r["id"]: r for r in cli.read_log(path)} if os.path.exists(path) else {}
-    for r in done.values():
-        if r.get("recipe") != recipe:
-            raise UsageError(f"{path} was made with another recipe ({r.get('recipe')}); use another --out")
     # a searched network already in the table needs its folder no more
     networks = [("searched", folder, *searched_network(folder, space)) for folder in args.searched
                 if folder not in done]
     networks += [("random", f"random-{k}", *net) for k, net in enumerate(
         spread_over_flops(space, args.networks, args.pool, torch.Generator().manual_seed(args.split_seed)))]
     networks += peers(space, args.peers, args.searched, networks, done)
-    t0 = time.time()
-    todo = [n for n in networks if n[1] not in done]
+    todo = [(kind, name, arch, flops, {"path": arch["path"], "choices": choices})
+            for kind, name, arch, choices, flops in networks if name not in done]
     print(f"{len(todo)} networks of '{space.name}' to train ({len(done)} done), {len(args.seeds)} seeds each; data "
           f"{data.info}", flush=True)
-    trainer = Trainer(args, data, test)
-    try:
-        for k, (kind, name, arch, choices, flops) in enumerate(todo):
-            accs = trainer.train(arch, args.seeds, name)
-            record = {"id": name, "kind": kind, "arch": arch, "path": arch["path"], "choices": choices,
-                      "flops": flops, "params": retrain.profile(arch)["params"], "latency_ms": cpu_latency_ms(arch),
-                      "val": {str(s): a[0] for s, a in accs.items()},
-                      "test": {str(s): a[1] for s, a in accs.items()}, "recipe": recipe, "threads": trainer.threads}
-            cli.append_line(path, record)
-            done[name] = record
-            rate = (time.time() - t0) / (k + 1)
-            print(f"{name}: {flops / 1e6:.2f}M FLOPs, val {[round(a[0], 2) for a in accs.values()]}, test "
-                  f"{[round(a[1], 2) for a in accs.values()]}; {k + 1}/{len(todo)}, ETA "
-                  f"{runtime.fmt_time(rate * (len(todo) - k - 1))}", flush=True)
-    finally:
-        trainer.close()
+    train_all(args, todo, done, path, recipe_of(args), data, test)
     report(list(done.values()), args.seeds)
 
 

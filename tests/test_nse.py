@@ -2,12 +2,16 @@
 import itertools
 import json
 import math
+import random
 
+import pytest
 import torch
 import torch.nn as nn
 from hypothesis import given, settings, strategies as st
 
 import nse
+from cost import count_flops
+from studies import ground_truth, nse_truth
 
 probs = st.lists(st.floats(0.01, 0.99), min_size=1, max_size=6)
 
@@ -208,7 +212,7 @@ def test_fitness_step_finds_the_configuration_that_made_the_labels():
     assert fitness_steps(Planted(), target, 800, 0.0) != target
 
 
-def test_two_rounds_of_evolution_inherit_lock_and_replenish(tmp_path):
+def test_two_rounds_of_evolution_inherit_lock_and_replenish(tmp_path, monkeypatch):
     """nse.py end to end on fake data, two small rounds: round 2 inherits exactly what round 1's aggregation kept,
     drops none of it (Lock & Rehearse), evaluates round 1's front again, and refills every layer to K with ops the
     layer never held; each round writes its grid and front pictures, the run its final networks."""
@@ -230,3 +234,32 @@ def test_two_rounds_of_evolution_inherit_lock_and_replenish(tmp_path):
     assert len(finals) == len(r2["front"]) >= 1
     arch = json.loads(finals[0].read_text())
     assert len(arch["layers"]) == len(nse.MACROS["laptop"].layers()) and arch["flops"] > 0
+    # the study that retrains them: the final network and random peers of the whole pool within 5% of its FLOPs, each
+    # with both seeds, in the ground truth's format; Table 1's statistics for the run; a second run trains nothing
+    argv = ["--runs", str(out), "--peers", "2", "--data", "fake", "--epochs", "1", "--subset", "64",
+            "--batch-size", "32", "--out", str(tmp_path / "truth")]
+    nse_truth.main(argv)
+    rows = [json.loads(line) for line in (tmp_path / "truth" / "table.jsonl").read_text().splitlines()]
+    searched = [r for r in rows if r["kind"] == "searched"]
+    assert [r["id"] for r in searched] == [str(f) for f in finals]
+    assert searched[0]["flops"] == arch["flops"]
+    assert len(rows) == len(finals) * 3 and all(set(r["val"]) == {"0", "1"} for r in rows)
+    for s in searched:
+        peers = [r for r in rows if r["id"].startswith(f"peer-{int(s['flops'])}-")]
+        assert len(peers) == 2 and all(abs(r["flops"] - s["flops"]) <= 0.05 * s["flops"] for r in peers)
+    assert json.loads((tmp_path / "truth" / "nse" / "table1.json").read_text())["test"]["compared"] == len(finals)
+    monkeypatch.setattr(ground_truth, "train_once", lambda *a: pytest.fail("trained a network again"))
+    nse_truth.main(argv)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 10**6))
+def test_a_random_network_of_the_pool_costs_what_its_ops_cost(seed):
+    """A random architecture of the whole pool (the comparison's peers), built stand-alone with every gate on, has the
+    FLOPs the per-op table gives (counted by a forward pass), holds at most K ops a layer and one at least where
+    C_in != C_out."""
+    macro = nse.MACROS["laptop"]
+    layers = nse_truth.random_network(macro, random.Random(seed))
+    assert all(len(ops) <= macro.k and (ops or c_in == c_out) for ops, (c_in, c_out, _, _) in zip(layers, macro.layers()))
+    net = nse.FinalNetwork({"nse": "laptop", "layers": layers})
+    assert count_flops(net, (1, 28, 28)) == nse_truth.network_flops(macro, layers)
