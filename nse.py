@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cost import op_flops
-from supernet import NSE_POOL, init_weights, make_op
+from supernet import NSE_POOL, bn_momentum, init_weights, make_op
 
 # NSE App. B: theta starts at 0 (p = 0.5); an op whose theta falls below -2 is dropped; D and D_e samples
 THRESHOLD, D, D_E = -2.0, 2000, 100
@@ -430,11 +430,9 @@ def gates_of(net, ops):
 def recalibrated_accuracy(net, gates, calib, val):
     """Top-1 (%) of one architecture on the shared weights, BN statistics first recalculated on the calibration
     batches (Sec. 3.3.2: 20k training images on ImageNet), as a cumulative average, then read in eval mode."""
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    with torch.no_grad():
+    with torch.no_grad(), bn_momentum(net, None) as bns:
         for m in bns:
             m.reset_running_stats()
-            m.momentum = None
         net.train()
         for x, _ in calib:
             net(x, gates)

@@ -23,7 +23,7 @@ from cost import CostModel, arch_cost
 from machinery import cli, options, runtime
 from machinery.draw import save_arch_params
 from machinery.report import finish, walkthrough_end
-from supernet import SuperNet
+from supernet import SuperNet, bn_momentum
 from viterbi import decisiveness, derive_supernet, derive_within
 
 # The paper's settings (supplement A.1, A.4; arXiv v1 for label smoothing); lambda and tau, which the paper does not
@@ -314,21 +314,6 @@ class Search:
             ck, {"model": self.net, "w_opt": self.w_opt, "w_schedule": self.w_schedule, "a_opt": self.a_opt},
             "super network", {"epoch": int, "global_step": int, "best": (dict, type(None)), "mu": float,
                               "integral": float})
-
-
-@contextlib.contextmanager
-def bn_momentum(net, momentum):
-    """Every BN layer of net with this momentum while the block runs, its own put back after: 0 normalises with
-    batch statistics and leaves the running ones as they are; None makes them a cumulative average."""
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.momentum = momentum
-    try:
-        yield bns
-    finally:
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
 
 
 def accuracy(logits, y):

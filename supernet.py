@@ -8,6 +8,7 @@ gives it; `mini` for the laptop walkthrough, `toy` for tests).
     python supernet.py --space mbv2 --describe [--input-size N] [--num-classes K] [--connect M]
 """
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -341,6 +342,21 @@ class SuperNet(nn.Module):
 def path_probs(beta, space):
     """Eq. 3: p_ij = softmax over the outgoing connections of each B_i of beta / T (T: the space's temperature)."""
     return torch.cat([F.softmax(beta[a:b] / space.temperature, 0) for a, b in space.out_edge_ranges])
+
+
+@contextlib.contextmanager
+def bn_momentum(net, momentum):
+    """Every BN layer of net with this momentum while the block runs, its own put back after: 0 normalises with
+    batch statistics and leaves the running ones as they are; None makes them a cumulative average."""
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = momentum
+    try:
+        yield bns
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
 
 
 def count_params(params):

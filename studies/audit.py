@@ -21,9 +21,8 @@ from machinery import cli
 from machinery.cli import ArgumentParser, UsageError, integer
 from machinery.data import load_data, make_loader
 from machinery.draw import scatter_svg
-from search import bn_momentum
 from studies.stats import bootstrap_interval, kendall, paired_difference, spearman, top_hit_rate
-from supernet import SuperNet, get_space
+from supernet import SuperNet, bn_momentum, get_space
 
 
 def load_run(run):

@@ -59,8 +59,9 @@ def random_peers(macro, k, target, seed, max_draws=200_000):
                      f"{max_draws} draws")
 
 
-def final_networks(run):
-    """[(id, arch)] of a run's final-*.json, the id the file's absolute path."""
+def final_networks(run, most=None):
+    """[(id, arch)] of a run's final-*.json, the id the file's absolute path; with most, only that many, those read
+    best on the shared weights (their one_shot_acc)."""
     files = sorted(glob.glob(os.path.join(run, "final-*.json")))
     if not files:
         raise UsageError(f"{run} holds no final-*.json (a finished nse.py run)")
@@ -70,9 +71,10 @@ def final_networks(run):
             arch = json.load(fh)
         if arch.get("nse") not in nse.MACROS or not isinstance(arch.get("layers"), list):
             raise UsageError(f"{f} is not an NSE final network")
-        out.append((os.path.abspath(f), {k: arch[k] for k in ("nse", "in_channels", "num_classes", "layers")
-                                         if k in arch}))
-    return out
+        out.append((arch.get("one_shot_acc", 0.0), os.path.abspath(f),
+                    {k: arch[k] for k in ("nse", "in_channels", "num_classes", "layers") if k in arch}))
+    chosen = sorted(out, key=lambda o: -o[0])[:most] if most else out
+    return [(name, arch) for _, name, arch in sorted(chosen, key=lambda o: o[1])]
 
 
 def main(argv=None):
@@ -80,12 +82,14 @@ def main(argv=None):
     ap.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="nse.py output folders")
     ap.add_argument("--peers", type=integer(0, 1000), default=8, metavar="K",
                     help="random networks of the whole pool within 5%% of each final network's FLOPs (default 8)")
+    ap.add_argument("--finals", type=integer(1, 1000), metavar="M",
+                    help="of each run, the M final networks read best on the shared weights (default: all)")
     ap.add_argument("--out", default=os.path.join("runs", "nse-truth"), help="output folder (default runs/nse-truth)")
     ap.add_argument("--data", default="fashion-mnist", help="data (default fashion-mnist, the laptop preset's)")
     ap.add_argument("--input-size", type=integer(8, 1024), default=None, help="image size (default: the data's)")
     ground_truth.add_recipe_arguments(ap)
     args = ap.parse_args(argv)
-    finals = {run: final_networks(run) for run in args.runs}
+    finals = {run: final_networks(run, args.finals) for run in args.runs}
     path, done = ground_truth.open_table(args, ground_truth.recipe_of(args))
     data = ground_truth.search_data(args)
     test = ground_truth.test_data(args, data.input_size)
