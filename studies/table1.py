@@ -169,16 +169,25 @@ def pareto_front(points):
     return front
 
 
+def match_run(run, ids, path):
+    """The table's id of a search run: its absolute path, or else the one id with the same last component (a table
+    made on another machine names the runs by that machine's paths)."""
+    if os.path.abspath(run) in ids:
+        return os.path.abspath(run)
+    name = os.path.basename(os.path.normpath(run))
+    same = [i for i in ids if os.path.basename(os.path.normpath(i)) == name]
+    if len(same) != 1:
+        raise UsageError(f"{path} holds {'no' if not same else 'more than one'} searched network of {run}")
+    return same[0]
+
+
 def table1_from_truth(path, out, runs=None):
     if not os.path.isfile(path):
         raise UsageError(f"--table {path} does not exist")
     records = cli.read_log(path)
     searched = [r for r in records if r["kind"] == "searched"]
     if runs:
-        wanted = {os.path.abspath(r) for r in runs}
-        missing = wanted - {r["id"] for r in searched}
-        if missing:
-            raise UsageError(f"{path} holds no searched network of {sorted(missing)[0]}")
+        wanted = {match_run(r, [s["id"] for s in searched], path) for r in runs}
         searched = [r for r in searched if r["id"] in wanted]
     random = [r for r in records if r["kind"] != "searched"]
     if not searched or not random:
