@@ -170,15 +170,18 @@ def pareto_front(points):
 
 
 def match_run(run, ids, path):
-    """The table's id of a search run: its absolute path, or else the one id with the same last component (a table
-    made on another machine names the runs by that machine's paths)."""
+    """The table's id of a search run: its absolute path, or else the one id that ends in the same folders (the most
+    of the run's path that any id ends in): a table made on another machine names runs by that machine's paths."""
     if os.path.abspath(run) in ids:
         return os.path.abspath(run)
-    name = os.path.basename(os.path.normpath(run))
-    same = [i for i in ids if os.path.basename(os.path.normpath(i)) == name]
-    if len(same) != 1:
-        raise UsageError(f"{path} holds {'no' if not same else 'more than one'} searched network of {run}")
-    return same[0]
+    parts = os.path.normpath(run).split(os.sep)
+    for k in range(len(parts), 0, -1):
+        same = [i for i in ids if os.path.normpath(i).split(os.sep)[-k:] == parts[-k:]]
+        if len(same) == 1:
+            return same[0]
+        if same:
+            raise UsageError(f"{path} holds more than one searched network of {run}")
+    raise UsageError(f"{path} holds no searched network of {run}")
 
 
 def table1_from_truth(path, out, runs=None):

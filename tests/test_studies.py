@@ -263,11 +263,13 @@ def test_audit_compare_pairs_two_audits_by_network(tmp_path):
 
 def test_table1_finds_a_run_in_a_table_made_elsewhere():
     """A committed table names its searched networks by the paths of the machine that made it: a run is matched by its
-    absolute path, else by the one id with its folder's name; none, or two, is refused."""
+    absolute path, else by the one id ending in the most of its folders; none, or two, is refused."""
     ids = ["/elsewhere/runs/sp-s0", "/elsewhere/runs/sp-s1", "/a/x", "/b/x"]
     assert table1.match_run("runs/sp-s1", ids, "t") == "/elsewhere/runs/sp-s1"
     assert table1.match_run("/elsewhere/runs/sp-s0/", ids, "t") == "/elsewhere/runs/sp-s0"
     assert table1.match_run("/a/x", ids, "t") == "/a/x"
+    finals = ["/w/runs/a/final-0.json", "/w/runs/b/final-0.json"]
+    assert table1.match_run("runs/b/final-0.json", finals, "t") == finals[1]
     for bad in ("runs/x", "runs/sp-s2"):
         with pytest.raises(table1.UsageError):
             table1.match_run(bad, ids, "t")
