@@ -43,6 +43,8 @@ def random_network(macro, rng):
 
 def random_peers(macro, k, target, seed, max_draws=200_000):
     """k distinct random networks within 5% of target FLOPs, drawn from a generator of this seed."""
+    if k == 0:
+        return []
     rng, out, seen = random.Random(seed), [], set()
     for _ in range(max_draws):
         layers = random_network(macro, rng)
