@@ -18,6 +18,7 @@ What each part is, in the paper's order:
 A configuration g of a layer is a tuple of 0/1 gates over its current ops (the identity of a normal layer is not
 among them: it is always on, its p fixed to 1, App. A.3). A reduction layer (C_in != C_out) needs one op at least.
 """
+import dataclasses
 import itertools
 import os
 import math
@@ -181,7 +182,7 @@ class NSENet(nn.Module):
 def macro_of(arch):
     """The macro structure of a final network's file (its data's channels and classes where it records them)."""
     macro = MACROS[arch["nse"]]
-    return Macro(**{**macro.__dict__, **{k: arch[k] for k in ("in_channels", "num_classes") if k in arch}})
+    return dataclasses.replace(macro, **{k: arch[k] for k in ("in_channels", "num_classes") if k in arch})
 
 
 class FinalNetwork(nn.Module):
@@ -417,10 +418,15 @@ def arch_ops(net, gates):
     return [frozenset(n for n, on in zip(layer.names, g) if on) for layer, g in zip(net.layers, gates)]
 
 
+def network_flops(macro, layers):
+    """The FLOPs of an architecture (the ops each layer holds): its ops, the stem and the head."""
+    return fixed_flops(macro) + sum(op_flops(signature(op, *shape)) for shape, ops in zip(macro.layers(), layers)
+                                    for op in ops)
+
+
 def arch_flops(net, ops):
-    """The FLOPs of an architecture of the round's space (every op it holds, the stem and head)."""
-    return fixed_flops(net.macro) + sum(c for layer, row, o in zip(net.layers, net.op_costs(), ops)
-                                        for n, c in zip(layer.names, row) if n in o)
+    """The FLOPs of an architecture of the round's space."""
+    return network_flops(net.macro, ops)
 
 
 def gates_of(net, ops):
@@ -605,7 +611,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     macro = MACROS["laptop" if args.preset else "imagenet"]
     if args.k is not None:
-        macro = Macro(**{**macro.__dict__, "k": min(args.k, len(macro.pool))})
+        macro = dataclasses.replace(macro, k=min(args.k, len(macro.pool)))
     settings = dict(LAPTOP if args.preset else IMAGENET)
     for key in ("rounds", "epochs", "tau", "d", "d_e", "subset", "batch_size"):
         if getattr(args, key) is not None:
@@ -618,7 +624,7 @@ def main(argv=None):
     data = load_data(data_name, "search", args.seed, macro.input_size, settings["subset"],
                      classes=macro.num_classes)
     if (data.in_channels, data.num_classes) != (macro.in_channels, macro.num_classes):
-        macro = Macro(**{**macro.__dict__, "in_channels": data.in_channels, "num_classes": data.num_classes})
+        macro = dataclasses.replace(macro, in_channels=data.in_channels, num_classes=data.num_classes)
     os.makedirs(out, exist_ok=True)
     cli.save_json_atomic({"macro": macro.name, "k": macro.k, "data": data_name, "seed": args.seed, **settings},
                          os.path.join(out, "args.json"))

@@ -34,7 +34,7 @@ from machinery.data import load_data
 from machinery.draw import load_arch_params
 from studies.random_search import TOLERANCE, random_arch, random_archs_at_flops
 from studies.stats import bootstrap_interval, kendall
-from supernet import get_space
+from supernet import count_params, get_space
 from viterbi import argmax, derive
 
 TABLE = "table.jsonl"
@@ -157,7 +157,7 @@ def cpu_latency_ms(net, in_channels, size):
     return latency.time_ms(net.eval(), torch.randn(1, in_channels, size, size), warmup=5, repeats=30)
 
 
-def train_all(args, todo, done, path, recipe, data, test):
+def train_all(args, todo, done, path, data, test):
     """Train every (kind, name, arch, flops, extra) of todo with every --seeds seed; one record each appended to
     path (extra: fields of its own) and to done."""
     t0 = time.time()
@@ -167,10 +167,11 @@ def train_all(args, todo, done, path, recipe, data, test):
             accs = trainer.train(arch, args.seeds, name)
             net = network(arch)
             record = {"id": name, "kind": kind, "arch": arch, **extra, "flops": flops,
-                      "params": sum(p.numel() for p in net.parameters() if p.requires_grad),
+                      "params": count_params(net.parameters()),
                       "latency_ms": cpu_latency_ms(net, data.in_channels, data.input_size),
                       "val": {str(s): a[0] for s, a in accs.items()},
-                      "test": {str(s): a[1] for s, a in accs.items()}, "recipe": recipe, "threads": trainer.threads}
+                      "test": {str(s): a[1] for s, a in accs.items()}, "recipe": recipe_of(args),
+                      "threads": trainer.threads}
             cli.append_line(path, record)
             done[name] = record
             rate = (time.time() - t0) / (k + 1)
@@ -186,9 +187,10 @@ def recipe_of(args):
                                           "weight_decay", "label_smoothing", "seeds", "split_seed", "data")}
 
 
-def open_table(args, recipe):
+def open_table(args):
     """OUT/table.jsonl's path and its records so far ({id: record}); refused if they were made with another
     recipe."""
+    recipe = recipe_of(args)
     if len(set(args.seeds)) != len(args.seeds):
         raise UsageError("the --seeds must be distinct")
     cli.claim_folder(args.out)
@@ -236,7 +238,7 @@ def main(argv=None):
                          "are fewer (Table 1: python -m studies table1 --table; default 0)")
     add_recipe_arguments(ap)
     args = ap.parse_args(argv)
-    path, done = open_table(args, recipe_of(args))
+    path, done = open_table(args)
     data = search_data(args)
     test = test_data(args, data.input_size)
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes)
@@ -250,7 +252,7 @@ def main(argv=None):
             for kind, name, arch, choices, flops in networks if name not in done]
     print(f"{len(todo)} networks of '{space.name}' to train ({len(done)} done), {len(args.seeds)} seeds each; data "
           f"{data.info}", flush=True)
-    train_all(args, todo, done, path, recipe_of(args), data, test)
+    train_all(args, todo, done, path, data, test)
     report(list(done.values()), args.seeds)
 
 

@@ -20,16 +20,9 @@ import os
 import random
 
 import nse
-from cost import op_flops
 from machinery.cli import ArgumentParser, UsageError, integer
 from studies import ground_truth, table1
 from studies.random_search import TOLERANCE
-
-
-def network_flops(macro, layers):
-    """FLOPs of an architecture of the evolved space: its ops, the stem and the head (as nse.arch_flops)."""
-    return nse.fixed_flops(macro) + sum(op_flops(nse.signature(op, *shape)) for shape, ops in zip(macro.layers(), layers)
-                                        for op in ops)
 
 
 def random_network(macro, rng):
@@ -52,7 +45,7 @@ def random_peers(macro, k, target, seed, max_draws=200_000):
         if key in seen:
             continue
         seen.add(key)
-        flops = network_flops(macro, layers)
+        flops = nse.network_flops(macro, layers)
         if abs(flops - target) <= TOLERANCE * target:
             out.append((layers, flops))
             if len(out) == k:
@@ -92,21 +85,21 @@ def main(argv=None):
     ground_truth.add_recipe_arguments(ap)
     args = ap.parse_args(argv)
     finals = {run: final_networks(run, args.finals) for run in args.runs}
-    path, done = ground_truth.open_table(args, ground_truth.recipe_of(args))
+    path, done = ground_truth.open_table(args)
     data = ground_truth.search_data(args)
     test = ground_truth.test_data(args, data.input_size)
     todo = []
     for run, nets in finals.items():
         for name, arch in nets:
             macro = nse.macro_of(arch)
-            flops = network_flops(macro, arch["layers"])
+            flops = nse.network_flops(macro, arch["layers"])
             todo.append(("searched", name, arch, flops, {"run": os.path.abspath(run)}))
             for i, (layers, f) in enumerate(random_peers(macro, args.peers, flops, int(flops))):
                 todo.append(("random", f"peer-{int(flops)}-{i}", {**arch, "layers": layers}, f, {}))
-    todo = [t for i, t in enumerate(todo) if t[1] not in done and t[1] not in {u[1] for u in todo[:i]}]
+    todo = [t for name, t in {t[1]: t for t in todo}.items() if name not in done]  # a peer of two finals: once
     print(f"{len(todo)} networks to train ({len(done)} done), {len(args.seeds)} seeds each; data {data.info}",
           flush=True)
-    ground_truth.train_all(args, todo, done, path, ground_truth.recipe_of(args), data, test)
+    ground_truth.train_all(args, todo, done, path, data, test)
     for run, nets in finals.items():
         print(f"\n== {run} ==")
         table1.table1_from_truth(path, os.path.join(args.out, os.path.basename(os.path.normpath(run))),
