@@ -6,11 +6,13 @@ path and samples, Sec. 3.4), on the search's validation split. Twice: with batch
 reads its super network (Search.evaluate), and with BN statistics recalibrated on --calib training images for that
 network before reading (as SPOS and NSE do). Against the stand-alone validation accuracy (the mean over the
 table's seeds) it reports Kendall tau, Spearman rho and the top-10% hit rate, each with a bootstrap 95% interval,
-and tau within FLOPs strata; beside them two baselines: the noise ceiling (the seeds' agreement) and ranking by
-FLOPs alone. A super network that ranks no better than FLOPs tells the search nothing. OUT/audit.json holds every
-figure and reading, OUT/audit.svg the one-shot against the stand-alone accuracy.
+and tau within FLOPs strata; beside them three baselines: the noise ceiling (the seeds' agreement), ranking by
+FLOPs alone and by depth alone (the layers of the blocks). A super network that ranks no better than counting FLOPs
+or layers tells the search nothing. OUT/audit.json holds every figure and reading, OUT/audit.svg the one-shot
+against the stand-alone accuracy. Without --run, the baselines alone (seconds) into OUT/baselines.json.
 
     python -m studies audit --run runs/laptop --table studies/tables/ground-truth-laptop/table.jsonl --out runs/audit
+    python -m studies audit --table studies/tables/ground-truth-laptop/table.jsonl --out runs/baselines
 """
 import math
 import os
@@ -21,6 +23,7 @@ from machinery import cli
 from machinery.cli import ArgumentParser, UsageError, integer
 from machinery.data import load_data, make_loader
 from machinery.draw import scatter_svg
+from studies.ground_truth import depth
 from studies.stats import bootstrap_interval, kendall, paired_difference, spearman, top_hit_rate
 from supernet import SuperNet, bn_momentum, get_space
 
@@ -80,7 +83,8 @@ def strata_tau(predicted, truth, flops, strata=4):
 
 def main(argv=None):
     ap = ArgumentParser(__doc__, prog="python -m studies audit")
-    ap.add_argument("--run", help="a search folder (its args.json and checkpoint.pt)")
+    ap.add_argument("--run", help="a search folder (its args.json and checkpoint.pt); without it, the table's "
+                                  "baselines alone")
     ap.add_argument("--table", required=True, help="a ground-truth table.jsonl (python -m studies ground_truth)")
     ap.add_argument("--out", default=os.path.join("runs", "audit"), help="output folder (default runs/audit)")
     ap.add_argument("--calib", type=integer(1, 10**6), default=2048,
@@ -95,14 +99,10 @@ def main(argv=None):
     if args.compare:
         return compare(args)
     if not args.run:
-        raise UsageError("give --run (a search folder to audit) or --compare A B")
+        return baselines_only(args)
     other = load_audit(args.versus) if args.versus else None
     net, data, settings = load_run(args.run)
-    if not os.path.isfile(args.table):
-        raise UsageError(f"--table {args.table} does not exist")
-    records = cli.read_log(args.table)
-    if len(records) < 3:
-        raise UsageError(f"{args.table} holds {len(records)} networks; a ranking needs at least 3")
+    records = read_table(args.table)
     if any(len(r.get("choices", [])) != len(net.layers) for r in records):
         raise UsageError(f"{args.table} holds networks of another space than the run's '{settings['space']}'")
     val = list(make_loader(data.val, args.batch_size, False, 0, 0, drop_last=False))
@@ -119,11 +119,7 @@ def main(argv=None):
               "(recalibrated)", flush=True)
     result = {"run": os.path.abspath(args.run), "table": os.path.abspath(args.table), "networks": len(records),
               "ids": [r["id"] for r in records],
-              "calib_images": min(args.calib, len(calib) * args.batch_size),
-              "flops": ranking(flops, truth)}
-    if len(seeds) >= 2:
-        a, b = ([r["val"][s] for r in records] for s in seeds[:2])
-        result["noise_ceiling"] = ranking(a, b)
+              "calib_images": min(args.calib, len(calib) * args.batch_size), **baselines(records)}
     for mode, acc in readings.items():
         result[mode] = ranking(acc, truth) | {"strata_tau": strata_tau(acc, truth, flops), "readings": acc}
     report(result, seeds)
@@ -139,6 +135,41 @@ def main(argv=None):
     print(f"outputs: {os.path.join(args.out, 'audit.json')}, {os.path.join(args.out, 'audit.svg')}")
 
 
+def read_table(path):
+    if not os.path.isfile(path):
+        raise UsageError(f"--table {path} does not exist")
+    records = cli.read_log(path)
+    if len(records) < 3:
+        raise UsageError(f"{path} holds {len(records)} networks; a ranking needs at least 3")
+    return records
+
+
+def baselines(records):
+    """What a ranking must beat, against the stand-alone validation top-1: one seed's ranking of the other (the noise
+    ceiling), FLOPs alone, and depth alone (of DenseNAS networks), with tau within FLOPs strata for the last two."""
+    truth, seeds = stand_alone(records)
+    flops = [r["flops"] for r in records]
+    out = {"flops": ranking(flops, truth) | {"strata_tau": strata_tau(flops, truth, flops)}}
+    depths = [depth(r["arch"]) if "arch" in r else None for r in records]
+    if None not in depths:
+        out["depth"] = ranking(depths, truth) | {"strata_tau": strata_tau(depths, truth, flops)}
+    if len(seeds) >= 2:
+        a, b = ([r["val"][s] for r in records] for s in seeds[:2])
+        out["noise_ceiling"] = ranking(a, b)
+    return out
+
+
+def baselines_only(args):
+    """No --run: the table's baselines alone."""
+    records = read_table(args.table)
+    result = {"table": os.path.abspath(args.table), "networks": len(records), **baselines(records)}
+    report(result, stand_alone(records)[1])
+    os.makedirs(args.out, exist_ok=True)
+    cli.save_json_atomic(result, os.path.join(args.out, "baselines.json"))
+    print(f"output: {os.path.join(args.out, 'baselines.json')}")
+    return result
+
+
 def stand_alone(records):
     """The stand-alone validation top-1 of every network: the mean over the table's seeds."""
     seeds = sorted(records[0]["val"])
@@ -147,9 +178,7 @@ def stand_alone(records):
 
 def compare(args):
     """--compare A B: A's Kendall tau against B's on the networks both read, against the table's truth."""
-    if not os.path.isfile(args.table):
-        raise UsageError(f"--table {args.table} does not exist")
-    records = cli.read_log(args.table)
+    records = read_table(args.table)
     truth, _ = stand_alone(records)
     by_id = dict(zip((r["id"] for r in records), truth))
     a = load_audit(args.compare[0])
@@ -198,11 +227,13 @@ def report(result, seeds):
         return (f"{r['value']:6.3f} [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]"
                 if not math.isnan(r["value"]) else "   n/a")
     rows = [("noise ceiling (seeds)", result.get("noise_ceiling")), ("FLOPs alone", result["flops"]),
-            ("one-shot, batch statistics", result["batch_stats"]), ("one-shot, recalibrated BN", result["recalibrated"])]
+            ("depth alone (layers)", result.get("depth")), ("one-shot, batch statistics", result.get("batch_stats")),
+            ("one-shot, recalibrated BN", result.get("recalibrated"))]
     print(f"\n{result['networks']} networks; stand-alone: mean validation top-1 over seeds {', '.join(seeds)}")
     print(f"{'ranking by':<28} {'Kendall tau':>24} {'Spearman rho':>24} {'top-10% hit':>24}")
     for name, r in rows:
         if r is not None:
             print(f"{name:<28} {fmt(r['kendall']):>24} {fmt(r['spearman']):>24} {fmt(r['top10_hit']):>24}")
-    for mode in ("batch_stats", "recalibrated"):
-        print(f"tau within FLOPs strata ({mode}): {[round(t, 3) for t in result[mode]['strata_tau']]}")
+    for mode in ("flops", "depth", "batch_stats", "recalibrated"):
+        if mode in result:
+            print(f"tau within FLOPs strata ({mode}): {[round(t, 3) for t in result[mode]['strata_tau']]}")

@@ -86,6 +86,12 @@ def searched_network(folder, space):
     return arch, [argmax(a) for a in alphas], arch_cost(arch, flops_table(space))
 
 
+def depth(arch):
+    """The layers of a DenseNAS network that the search sets the number of (every block's head and basic layers;
+    the stem, last conv and classifier are in every network); None for an architecture of NSE's evolved space."""
+    return None if "nse" in arch else sum(1 + len(b["layers"]) for b in arch["blocks"])
+
+
 def network(arch):
     """The stand-alone network of a record's arch: a DenseNAS arch file (retrain.ArchNet) or an architecture of
     NSE's evolved space (nse.FinalNetwork)."""

@@ -13,8 +13,9 @@ With --table, Table 1 with its statistics from a ground-truth table (python -m s
 --peers K), where every network was trained with one recipe and several seeds: each searched network against the
 table's random networks within 5% of its FLOPs, on the mean test top-1 over the seeds (the validation split's beside
 it): its percentile among them, and one stratified permutation test over all searched networks (within each group
-the 'searched' label could be any member: stats.matched_permutation_p). table1.svg: every network's accuracy
-against FLOPs with the random networks' Pareto front.
+the 'searched' label could be any member: stats.matched_permutation_p). The same against only the peers no deeper
+than it (depth: the layers of its blocks), as a network's depth alone ranks a short training's accuracies.
+table1.svg: every network's accuracy against FLOPs with the random networks' Pareto front.
 
     python -m studies table1 --table studies/tables/ground-truth-laptop/table.jsonl --out runs/table1-truth
 """
@@ -32,6 +33,7 @@ from cost import flops_table
 from machinery import cli, options, runtime
 from machinery.cli import SEED, ArgumentParser, UsageError, integer, number
 from machinery.draw import scatter_svg
+from studies.ground_truth import depth
 from studies.random_search import TOLERANCE, random_archs_at_flops
 from studies.stats import matched_permutation_p, percentile
 from supernet import get_space
@@ -195,24 +197,35 @@ def table1_from_truth(path, out, runs=None):
     random = [r for r in records if r["kind"] != "searched"]
     if not searched or not random:
         raise UsageError(f"{path} needs searched and random networks (ground_truth --searched ... --peers K)")
-    rows, groups = [], {"test": [], "val": []}
+    rows, groups, shallow_groups = [], {"test": [], "val": []}, {"test": [], "val": []}
     for s in searched:
         peers = [r for r in random if abs(r["flops"] - s["flops"]) <= TOLERANCE * s["flops"]]
-        row = {"id": s["id"], "flops": s["flops"], "peers": len(peers)}
+        d = depth_of(s)
+        shallow = [r for r in peers if d is not None and depth_of(r) is not None and depth_of(r) <= d]
+        row = {"id": s["id"], "flops": s["flops"], "peers": len(peers), "depth": d,
+               "peer_depths": [depth_of(r) for r in peers], "peers_no_deeper": len(shallow)}
         for split in ("test", "val"):
             mine, theirs = mean_over_seeds(s, split), [mean_over_seeds(r, split) for r in peers]
             row[split] = {"searched": mine, "peer_median": statistics.median(theirs) if theirs else None,
                           "percentile": percentile(mine, theirs) if theirs else None}
             if theirs:
                 groups[split].append([mine] + theirs)
+            low = [mean_over_seeds(r, split) for r in shallow]
+            row[split]["percentile_no_deeper"] = percentile(mine, low) if low else None
+            if low:
+                shallow_groups[split].append([mine] + low)
         rows.append(row)
     result = {"table": os.path.abspath(path), "tolerance": TOLERANCE, "searched": rows,
               "seeds": sorted(records[0]["test"])}
     for split in ("test", "val"):
         pct = [r[split]["percentile"] for r in rows if r[split]["percentile"] is not None]
+        low = [r[split]["percentile_no_deeper"] for r in rows if r[split]["percentile_no_deeper"] is not None]
         result[split] = {"mean_percentile": statistics.fmean(pct) if pct else None,
                          "above_median": sum(p > 50 for p in pct), "compared": len(pct),
-                         "permutation_p": matched_permutation_p(groups[split]) if groups[split] else None}
+                         "permutation_p": matched_permutation_p(groups[split]) if groups[split] else None,
+                         "no_deeper": {"mean_percentile": statistics.fmean(low) if low else None, "compared": len(low),
+                                       "permutation_p": matched_permutation_p(shallow_groups[split])
+                                       if shallow_groups[split] else None}}
     front = pareto_front([(r["flops"], mean_over_seeds(r, "test")) for r in random])
     result["pareto_front"] = front
     os.makedirs(out, exist_ok=True)
@@ -226,18 +239,27 @@ def table1_from_truth(path, out, runs=None):
     print(f"Table 1 from {path}: mean top-1 over seeds {', '.join(result['seeds'])}; peers: random networks within "
           f"{TOLERANCE:.0%} of the searched one's FLOPs")
     print(f"{'searched':<28} {'FLOPs':>7} {'peers':>5} {'test':>6} {'peer median':>11} {'pct':>5} {'val':>6} "
-          f"{'peer median':>11} {'pct':>5}")
+          f"{'peer median':>11} {'pct':>5} {'depth':>5} {'peers':>11} {'no deeper':>9} {'pct test':>8}")
     for r in rows:
         t, v = r["test"], r["val"]
+        known = [d for d in r["peer_depths"] if d is not None]
+        span = f"{min(known)}-{max(known)}" if known and r["depth"] is not None else "-"
         print(f"{r['id'][-28:]:<28} {r['flops'] / 1e6:6.2f}M {r['peers']:5d} {t['searched']:6.2f} "
               f"{fmt(t['peer_median']):>11} {fmt(t['percentile'], 0):>5} {v['searched']:6.2f} "
-              f"{fmt(v['peer_median']):>11} {fmt(v['percentile'], 0):>5}")
+              f"{fmt(v['peer_median']):>11} {fmt(v['percentile'], 0):>5} {fmt(r['depth'], 0):>5} {span:>11} "
+              f"{r['peers_no_deeper']:9d} {fmt(t['percentile_no_deeper'], 0):>8}")
     for split in ("test", "val"):
-        r = result[split]
+        r, low = result[split], result[split]["no_deeper"]
         print(f"{split}: mean percentile {fmt(r['mean_percentile'], 1)}, above the peers' median "
-              f"{r['above_median']}/{r['compared']}, permutation p = {fmt(r['permutation_p'], 4)}")
+              f"{r['above_median']}/{r['compared']}, permutation p = {fmt(r['permutation_p'], 4)}; among the peers "
+              f"no deeper ({low['compared']} searched networks have some): mean percentile "
+              f"{fmt(low['mean_percentile'], 1)}, permutation p = {fmt(low['permutation_p'], 4)}")
     print(f"outputs: {os.path.join(out, 'table1.json')}, {os.path.join(out, 'table1.svg')}")
     return result
+
+
+def depth_of(record):
+    return depth(record["arch"]) if "arch" in record else None
 
 
 def fmt(v, digits=2):

@@ -133,7 +133,7 @@ def test_ground_truth_spreads_over_flops_records_every_seed_and_resumes(tmp_path
     result = json.load(open(tmp_path / "audit" / "audit.json"))
     last = [json.loads(line) for line in open(f"{run}/search_log.jsonl")][-1]
     assert result["batch_stats"]["readings"][0] == last["derived_val_acc"]
-    for mode in ("batch_stats", "recalibrated", "flops", "noise_ceiling"):
+    for mode in ("batch_stats", "recalibrated", "flops", "depth", "noise_ceiling"):
         assert set(result[mode]) >= {"kendall", "spearman", "top10_hit"}
     assert len(result["recalibrated"]["readings"]) == 4 and (tmp_path / "audit" / "audit.svg").exists()
 
@@ -216,13 +216,13 @@ def test_table1_from_a_ground_truth_table_gives_percentiles_a_permutation_test_a
     """python -m studies table1 --table: each searched network against the random ones within 5% of its FLOPs (the
     others are not its peers), its percentile on the mean over seeds, the exact stratified permutation p, and the
     random networks' Pareto front, drawn with every point."""
-    def rec(name, kind, flops, test, val):
+    def rec(name, kind, flops, test, val, depth):  # depth: a head and depth - 1 basic layers in one block
         return {"id": name, "kind": kind, "flops": flops, "test": {"0": test[0], "1": test[1]},
-                "val": {"0": val, "1": val}}
-    rows = [rec("s-a", "searched", 10e6, (90, 92), 80), rec("s-b", "searched", 5e6, (80, 80), 70),
-            rec("r1", "random", 10.4e6, (88, 88), 81), rec("r2", "random", 9.6e6, (92, 93), 79),
-            rec("r3", "peer", 10.1e6, (85, 85), 78), rec("far", "random", 11e6, (99, 99), 99),
-            rec("r4", "random", 5.1e6, (81, 83), 72), rec("cheap", "random", 2e6, (70, 70), 60)]
+                "val": {"0": val, "1": val}, "arch": {"blocks": [{"layers": ["mbconv_k3_e3"] * (depth - 1)}]}}
+    rows = [rec("s-a", "searched", 10e6, (90, 92), 80, 3), rec("s-b", "searched", 5e6, (80, 80), 70, 2),
+            rec("r1", "random", 10.4e6, (88, 88), 81, 2), rec("r2", "random", 9.6e6, (92, 93), 79, 4),
+            rec("r3", "peer", 10.1e6, (85, 85), 78, 3), rec("far", "random", 11e6, (99, 99), 99, 1),
+            rec("r4", "random", 5.1e6, (81, 83), 72, 5), rec("cheap", "random", 2e6, (70, 70), 60, 1)]
     path = tmp_path / "table.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = table1.main(["--table", str(path), "--out", str(tmp_path / "t1")])
@@ -235,6 +235,10 @@ def test_table1_from_a_ground_truth_table_gives_percentiles_a_permutation_test_a
     assert math.isclose(result["test"]["permutation_p"], 4 / 8)
     assert result["test"]["above_median"] == 1 and result["test"]["compared"] == 2
     assert result["pareto_front"] == [(2e6, 70), (5.1e6, 82), (9.6e6, 92.5), (11e6, 99)]
+    # against the peers no deeper: s-a (depth 3) against r1 and r3 (88, 85; r2 is deeper), s-b has none (r4 is deeper);
+    # exact p: leads 3, 0, -3 around 88, observed 3: 1 of 3
+    assert a["depth"] == 3 and sorted(a["peer_depths"]) == [2, 3, 4] and (a["peers_no_deeper"], b["peers_no_deeper"]) == (2, 0)
+    assert result["test"]["no_deeper"] == {"mean_percentile": 100.0, "compared": 1, "permutation_p": 1 / 3}
     svg = (tmp_path / "t1" / "table1.svg").read_text()
     assert svg.count('id="point-random-') == 6 and svg.count('id="point-searched-') == 2 and "line-Pareto" in svg
 
@@ -259,6 +263,39 @@ def test_audit_compare_pairs_two_audits_by_network(tmp_path):
     assert out["batch_stats"]["tau"] == 1.0 and out["batch_stats"]["other_tau"] == 1.0
     assert out["batch_stats"]["difference"] == 0.0
     assert out["recalibrated"]["tau"] == -1.0 and out["recalibrated"]["difference"] == -2.0
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 10**6))
+def test_depth_counts_the_layers_a_derived_network_runs(seed):
+    """ground_truth.depth of a random network of `mini` is the number of its operations less the three every network
+    has (stem, last conv, classifier), and None for an NSE architecture."""
+    space = get_space("mini", 28, 1, 10)
+    arch = derive(space, *random_search.random_arch(space, torch.Generator().manual_seed(seed)))
+    assert ground_truth.depth(arch) == len(supernet.arch_ops(arch)) - 3
+    assert ground_truth.depth({"nse": {}, "blocks": []}) is None
+
+
+def test_audit_without_a_run_gives_the_table_baselines(tmp_path, capsys):
+    """python -m studies audit --table T (no --run): the noise ceiling, FLOPs and depth as rankings of the stand-alone
+    accuracy, in seconds. Planted: accuracy falls with depth and does not follow FLOPs; a table without archs has no
+    depth row; a missing table is one line."""
+    def rec(k, flops, d):
+        acc = 80.0 - d + 0.1 * k
+        return {"id": f"n{k}", "flops": flops, "val": {"0": acc - 0.2, "1": acc + 0.2},
+                "arch": {"blocks": [{"layers": ["skip"] * (d - 1)}]}}
+    rows = [rec(k, f, d) for k, (f, d) in enumerate([(5e6, 4), (6e6, 2), (7e6, 5), (8e6, 1), (9e6, 3), (4e6, 6)])]
+    table = tmp_path / "table.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = audit.main(["--table", str(table), "--out", str(tmp_path / "b")])
+    assert result["depth"]["kendall"]["value"] == -1.0 and result["noise_ceiling"]["kendall"]["value"] == 1.0
+    assert result["flops"]["kendall"]["value"] == kendall([r["flops"] for r in rows], [80.0 - d + 0.1 * k for k, d in
+                                                                                        enumerate([4, 2, 5, 1, 3, 6])])
+    assert "depth alone" in capsys.readouterr().out and (tmp_path / "b" / "baselines.json").exists()
+    table.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "arch"}) + "\n" for r in rows))
+    assert "depth" not in audit.main(["--table", str(table), "--out", str(tmp_path / "c")])
+    with pytest.raises(audit.UsageError, match="does not exist"):
+        audit.main(["--table", str(tmp_path / "none.jsonl")])
 
 
 def test_table1_finds_a_run_in_a_table_made_elsewhere():
