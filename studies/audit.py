@@ -23,7 +23,7 @@ from machinery import cli
 from machinery.cli import ArgumentParser, UsageError, integer
 from machinery.data import load_data, make_loader
 from machinery.draw import scatter_svg
-from studies.ground_truth import depth
+from studies.ground_truth import record_depth
 from studies.stats import bootstrap_interval, kendall, paired_difference, spearman, top_hit_rate
 from supernet import SuperNet, bn_momentum, get_space
 
@@ -119,7 +119,7 @@ def main(argv=None):
               "(recalibrated)", flush=True)
     result = {"run": os.path.abspath(args.run), "table": os.path.abspath(args.table), "networks": len(records),
               "ids": [r["id"] for r in records],
-              "calib_images": min(args.calib, len(calib) * args.batch_size), **baselines(records)}
+              "calib_images": min(args.calib, len(calib) * args.batch_size), **baselines(records, truth, seeds)}
     for mode, acc in readings.items():
         result[mode] = ranking(acc, truth) | {"strata_tau": strata_tau(acc, truth, flops), "readings": acc}
     report(result, seeds)
@@ -144,13 +144,13 @@ def read_table(path):
     return records
 
 
-def baselines(records):
-    """What a ranking must beat, against the stand-alone validation top-1: one seed's ranking of the other (the noise
-    ceiling), FLOPs alone, and depth alone (of DenseNAS networks), with tau within FLOPs strata for the last two."""
-    truth, seeds = stand_alone(records)
+def baselines(records, truth, seeds):
+    """What a ranking must beat, against the stand-alone validation top-1 (truth, stand_alone's): one seed's ranking
+    of the other (the noise ceiling), FLOPs alone, and depth alone (of DenseNAS networks), with tau within FLOPs
+    strata for the last two."""
     flops = [r["flops"] for r in records]
     out = {"flops": ranking(flops, truth) | {"strata_tau": strata_tau(flops, truth, flops)}}
-    depths = [depth(r["arch"]) if "arch" in r else None for r in records]
+    depths = [record_depth(r) for r in records]
     if None not in depths:
         out["depth"] = ranking(depths, truth) | {"strata_tau": strata_tau(depths, truth, flops)}
     if len(seeds) >= 2:
@@ -162,8 +162,9 @@ def baselines(records):
 def baselines_only(args):
     """No --run: the table's baselines alone."""
     records = read_table(args.table)
-    result = {"table": os.path.abspath(args.table), "networks": len(records), **baselines(records)}
-    report(result, stand_alone(records)[1])
+    truth, seeds = stand_alone(records)
+    result = {"table": os.path.abspath(args.table), "networks": len(records), **baselines(records, truth, seeds)}
+    report(result, seeds)
     os.makedirs(args.out, exist_ok=True)
     cli.save_json_atomic(result, os.path.join(args.out, "baselines.json"))
     print(f"output: {os.path.join(args.out, 'baselines.json')}")

@@ -92,6 +92,11 @@ def depth(arch):
     return None if "nse" in arch else sum(1 + len(b["layers"]) for b in arch["blocks"])
 
 
+def record_depth(record):
+    """depth() of a table record's arch; None for a record without one."""
+    return depth(record["arch"]) if "arch" in record else None
+
+
 def network(arch):
     """The stand-alone network of a record's arch: a DenseNAS arch file (retrain.ArchNet) or an architecture of
     NSE's evolved space (nse.FinalNetwork)."""

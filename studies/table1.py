@@ -33,7 +33,7 @@ from cost import flops_table
 from machinery import cli, options, runtime
 from machinery.cli import SEED, ArgumentParser, UsageError, integer, number
 from machinery.draw import scatter_svg
-from studies.ground_truth import depth
+from studies.ground_truth import record_depth
 from studies.random_search import TOLERANCE, random_archs_at_flops
 from studies.stats import matched_permutation_p, percentile
 from supernet import get_space
@@ -200,10 +200,10 @@ def table1_from_truth(path, out, runs=None):
     rows, groups, shallow_groups = [], {"test": [], "val": []}, {"test": [], "val": []}
     for s in searched:
         peers = [r for r in random if abs(r["flops"] - s["flops"]) <= TOLERANCE * s["flops"]]
-        d = depth_of(s)
-        shallow = [r for r in peers if d is not None and depth_of(r) is not None and depth_of(r) <= d]
-        row = {"id": s["id"], "flops": s["flops"], "peers": len(peers), "depth": d,
-               "peer_depths": [depth_of(r) for r in peers], "peers_no_deeper": len(shallow)}
+        d, depths = record_depth(s), [record_depth(r) for r in peers]
+        shallow = [r for r, e in zip(peers, depths) if d is not None and e is not None and e <= d]
+        row = {"id": s["id"], "flops": s["flops"], "peers": len(peers), "depth": d, "peer_depths": depths,
+               "peers_no_deeper": len(shallow)}
         for split in ("test", "val"):
             mine, theirs = mean_over_seeds(s, split), [mean_over_seeds(r, split) for r in peers]
             row[split] = {"searched": mine, "peer_median": statistics.median(theirs) if theirs else None,
@@ -256,10 +256,6 @@ def table1_from_truth(path, out, runs=None):
               f"{fmt(low['mean_percentile'], 1)}, permutation p = {fmt(low['permutation_p'], 4)}")
     print(f"outputs: {os.path.join(out, 'table1.json')}, {os.path.join(out, 'table1.svg')}")
     return result
-
-
-def depth_of(record):
-    return depth(record["arch"]) if "arch" in record else None
 
 
 def fmt(v, digits=2):
