@@ -48,14 +48,38 @@ def spread_over_flops(space, n, pool, generator):
         alphas, p = random_arch(space, generator)
         arch = derive(space, alphas, p)
         drawn.append((arch, [argmax(a) for a in alphas], arch_cost(arch, table)))
-    low, high = min(d[2] for d in drawn), max(d[2] for d in drawn)
-    chosen, used = [], set()
+    return [drawn[i] for i in nearest_bin_centres([d[2] for d in drawn], n)]
+
+
+def nearest_bin_centres(flops, n):
+    """Indices of n of `flops`, one nearest the centre of each of n equal bins of their range (none twice)."""
+    low, high = min(flops), max(flops)
+    chosen = []
     for k in range(n):
         centre = low + (k + 0.5) * (high - low) / n
-        best = min((i for i in range(len(drawn)) if i not in used), key=lambda i: abs(drawn[i][2] - centre))
-        used.add(best)
-        chosen.append(drawn[best])
+        chosen.append(min((i for i in range(len(flops)) if i not in chosen), key=lambda i: abs(flops[i] - centre)))
     return chosen
+
+
+def networks_of(path, n):
+    """n random networks of another table spread over their FLOPs range as spread_over_flops spreads draws, to
+    train again under this recipe (--networks-of: is the table's recipe a fair judge?), with their ids; in an
+    order that covers the range early (bins 0, n/2, n/4, 3n/4, ...), so that a stopped run has spanned it."""
+    if not os.path.isfile(path):
+        raise UsageError(f"--networks-of: no table at {path}")
+    records = [r for r in cli.read_log(path) if r.get("kind") == "random"]
+    if len(records) < n:
+        raise UsageError(f"--networks-of: {path} has {len(records)} random networks, fewer than --networks {n}")
+    chosen = nearest_bin_centres([r["flops"] for r in records], n)
+    order = sorted(range(n), key=lambda k: _bit_reversed(k, n))
+    return [("random", records[chosen[k]]["id"], records[chosen[k]]["arch"], records[chosen[k]]["choices"],
+             records[chosen[k]]["flops"]) for k in order]
+
+
+def _bit_reversed(k, n):
+    """k's bits reversed over the bits n needs: 0, n/2, n/4, 3n/4, ... for k = 0, 1, 2, 3, ... ranked."""
+    width = max(1, (n - 1).bit_length())
+    return int(format(k, f"0{width}b")[::-1], 2)
 
 
 def peers(space, k, folders, networks, done):
@@ -243,6 +267,10 @@ def main(argv=None):
     ap.add_argument("--networks", type=integer(2, 10_000), default=48, help="random networks (default 48)")
     ap.add_argument("--pool", type=integer(2, 10**6), default=4000,
                     help="random draws the networks are chosen from (default 4000)")
+    ap.add_argument("--networks-of", metavar="TABLE",
+                    help="instead of new draws, --networks of this table's random networks spread over its FLOPs "
+                         "range, with their ids: the same networks under another recipe, to check the table's recipe "
+                         "as a judge (python -m studies audit --table THIS --judge TABLE)")
     ap.add_argument("--searched", nargs="*", default=[], help="search folders whose derived networks join the table")
     ap.add_argument("--peers", type=integer(0, 1000), default=0, metavar="K",
                     help="random networks within 5%% of each searched network's FLOPs, drawn where the spread ones "
@@ -256,8 +284,11 @@ def main(argv=None):
     # a searched network already in the table needs its folder no more
     networks = [("searched", folder, *searched_network(folder, space)) for folder in args.searched
                 if folder not in done]
-    networks += [("random", f"random-{k}", *net) for k, net in enumerate(
-        spread_over_flops(space, args.networks, args.pool, torch.Generator().manual_seed(args.split_seed)))]
+    if args.networks_of:
+        networks += networks_of(args.networks_of, args.networks)
+    else:
+        networks += [("random", f"random-{k}", *net) for k, net in enumerate(
+            spread_over_flops(space, args.networks, args.pool, torch.Generator().manual_seed(args.split_seed)))]
     networks += peers(space, args.peers, args.searched, networks, done)
     todo = [(kind, name, arch, flops, {"path": arch["path"], "choices": choices})
             for kind, name, arch, choices, flops in networks if name not in done]
