@@ -9,10 +9,13 @@ table's seeds) it reports Kendall tau, Spearman rho and the top-10% hit rate, ea
 and tau within FLOPs strata; beside them three baselines: the noise ceiling (the seeds' agreement), ranking by
 FLOPs alone and by depth alone (the layers of the blocks). A super network that ranks no better than counting FLOPs
 or layers tells the search nothing. OUT/audit.json holds every figure and reading, OUT/audit.svg the one-shot
-against the stand-alone accuracy. Without --run, the baselines alone (seconds) into OUT/baselines.json.
+against the stand-alone accuracy. Without --run, the baselines alone (seconds) into OUT/baselines.json; with
+--judge TABLE also that table's ranking, on the networks both tables hold: the same networks trained with another
+recipe (ground_truth --networks-of), to see whether this table's recipe ranks them as a longer one does.
 
     python -m studies audit --run runs/laptop --table studies/tables/ground-truth-laptop/table.jsonl --out runs/audit
     python -m studies audit --table studies/tables/ground-truth-laptop/table.jsonl --out runs/baselines
+    python -m studies audit --table runs/gt-long/table.jsonl --judge studies/tables/ground-truth-laptop/table.jsonl
 """
 import math
 import os
@@ -95,11 +98,17 @@ def main(argv=None):
                          "a paired bootstrap interval (one change of the search against another)")
     ap.add_argument("--compare", nargs=2, metavar=("AUDIT_JSON", "OTHER_JSON"),
                     help="instead of reading a run: --versus for two audits made before (seconds; needs --table)")
+    ap.add_argument("--judge", metavar="TABLE",
+                    help="without --run: another table of the same networks (python -m studies ground_truth "
+                         "--networks-of), trained with another recipe; the baselines on the networks both hold, and "
+                         "that table's ranking beside them (does this table's recipe rank as the other does?)")
     args = ap.parse_args(argv)
     if args.compare:
         return compare(args)
     if not args.run:
         return baselines_only(args)
+    if args.judge:
+        raise UsageError("--judge compares two tables' rankings: give it without --run")
     other = load_audit(args.versus) if args.versus else None
     net, data, settings = load_run(args.run)
     records = read_table(args.table)
@@ -144,12 +153,14 @@ def read_table(path):
     return records
 
 
-def baselines(records, truth, seeds):
+def baselines(records, truth, seeds, judge=None):
     """What a ranking must beat, against the stand-alone validation top-1 (truth, stand_alone's): one seed's ranking
     of the other (the noise ceiling), FLOPs alone, and depth alone (of DenseNAS networks), with tau within FLOPs
-    strata for the last two."""
+    strata for the last two; and `judge` (the same networks' accuracies under another recipe) if given."""
     flops = [r["flops"] for r in records]
     out = {"flops": ranking(flops, truth) | {"strata_tau": strata_tau(flops, truth, flops)}}
+    if judge is not None:
+        out["judge"] = ranking(judge, truth) | {"strata_tau": strata_tau(judge, truth, flops)}
     depths = [record_depth(r) for r in records]
     if None not in depths:
         out["depth"] = ranking(depths, truth) | {"strata_tau": strata_tau(depths, truth, flops)}
@@ -161,9 +172,17 @@ def baselines(records, truth, seeds):
 
 def baselines_only(args):
     """No --run: the table's baselines alone."""
-    records = read_table(args.table)
+    records, judge = read_table(args.table), None
+    if args.judge:
+        other = dict(zip((r["id"] for r in read_table(args.judge)), stand_alone(read_table(args.judge))[0]))
+        records = [r for r in records if r["id"] in other]
+        if len(records) < 3:
+            raise UsageError(f"--judge {args.judge} holds fewer than 3 of {args.table}'s networks")
+        judge = [other[r["id"]] for r in records]
     truth, seeds = stand_alone(records)
-    result = {"table": os.path.abspath(args.table), "networks": len(records), **baselines(records, truth, seeds)}
+    result = {"table": os.path.abspath(args.table), "networks": len(records), "ids": [r["id"] for r in records],
+              **({"judge_table": os.path.abspath(args.judge)} if args.judge else {}),
+              **baselines(records, truth, seeds, judge)}
     report(result, seeds)
     os.makedirs(args.out, exist_ok=True)
     cli.save_json_atomic(result, os.path.join(args.out, "baselines.json"))
@@ -228,13 +247,14 @@ def report(result, seeds):
         return (f"{r['value']:6.3f} [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]"
                 if not math.isnan(r["value"]) else "   n/a")
     rows = [("noise ceiling (seeds)", result.get("noise_ceiling")), ("FLOPs alone", result["flops"]),
-            ("depth alone (layers)", result.get("depth")), ("one-shot, batch statistics", result.get("batch_stats")),
+            ("depth alone (layers)", result.get("depth")), ("the --judge table", result.get("judge")),
+            ("one-shot, batch statistics", result.get("batch_stats")),
             ("one-shot, recalibrated BN", result.get("recalibrated"))]
     print(f"\n{result['networks']} networks; stand-alone: mean validation top-1 over seeds {', '.join(seeds)}")
     print(f"{'ranking by':<28} {'Kendall tau':>24} {'Spearman rho':>24} {'top-10% hit':>24}")
     for name, r in rows:
         if r is not None:
             print(f"{name:<28} {fmt(r['kendall']):>24} {fmt(r['spearman']):>24} {fmt(r['top10_hit']):>24}")
-    for mode in ("flops", "depth", "batch_stats", "recalibrated"):
+    for mode in ("flops", "depth", "judge", "batch_stats", "recalibrated"):
         if mode in result:
             print(f"tau within FLOPs strata ({mode}): {[round(t, 3) for t in result[mode]['strata_tau']]}")

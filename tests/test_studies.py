@@ -310,3 +310,56 @@ def test_table1_finds_a_run_in_a_table_made_elsewhere():
     for bad in ("runs/x", "runs/sp-s2"):
         with pytest.raises(table1.UsageError):
             table1.match_run(bad, ids, "t")
+
+
+def test_audit_judge_ranks_one_table_by_another_on_the_networks_both_hold(tmp_path):
+    """python -m studies audit --table LONG --judge SHORT: the same networks under two recipes; the short table's
+    ranking of the long one is a row beside the baselines, on the networks both hold, in LONG's order. Planted: the
+    short recipe ranks them backwards; a judge sharing fewer than 3 networks is one line."""
+    def rec(k, acc):
+        return {"id": f"n{k}", "flops": 1e6 * (k + 1), "val": {"0": acc, "1": acc + 0.1}}
+    long_ = [rec(k, 70.0 + k) for k in range(6)]
+    short = [rec(k, 80.0 - k) for k in (5, 3, 2, 1, 0)] + [rec(9, 50.0)]  # n4 missing, n9 only here
+    for name, rows in (("long.jsonl", long_), ("short.jsonl", short)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = audit.main(["--table", str(tmp_path / "long.jsonl"), "--judge", str(tmp_path / "short.jsonl"),
+                         "--out", str(tmp_path / "b")])
+    assert result["networks"] == 5 and result["ids"] == ["n0", "n1", "n2", "n3", "n5"]
+    assert result["judge"]["kendall"]["value"] == -1.0 and result["flops"]["kendall"]["value"] == 1.0
+    (tmp_path / "few.jsonl").write_text("".join(json.dumps(r) + "\n" for r in short[:2] + [rec(7, 1.0)]))
+    with pytest.raises(audit.UsageError, match="fewer than 3"):
+        audit.main(["--table", str(tmp_path / "long.jsonl"), "--judge", str(tmp_path / "few.jsonl")])
+
+
+def test_ground_truth_networks_of_trains_another_tables_networks_spread_and_coarse_first(tmp_path, monkeypatch):
+    """ground_truth --networks-of TABLE --networks N: N of that table's random networks (not its searched or peer
+    ones), one nearest each of N equal bins of their FLOPs range, keeping ids and archs, trained in an order that
+    spans the range first (lowest bin, then the middle); too few is one line."""
+    space = get_space("toy", 16, 3, 10)
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for k in range(12):
+        alphas, p = random_search.random_arch(space, g)
+        arch = derive(space, alphas, p)
+        rows.append({"id": f"random-{k}", "kind": "random" if k % 4 else "peer", "arch": arch,
+                     "path": arch["path"], "choices": [0] * len(alphas), "flops": arch_cost(arch, flops_table(space))})
+    table = tmp_path / "short.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    chosen = ground_truth.networks_of(str(table), 4)
+    randoms = [r for r in rows if r["kind"] == "random"]
+    flops = sorted(r["flops"] for r in randoms)
+    picked = sorted(f for *_, f in chosen)
+    width = (flops[-1] - flops[0]) / 4
+    assert len({c[1] for c in chosen}) == 4 and all(c[1] in {r["id"] for r in randoms} for c in chosen)
+    assert picked[0] <= flops[0] + width and picked[-1] >= flops[-1] - width
+    assert chosen[0][4] == picked[0] and chosen[1][4] == picked[2]  # bins 0, 2, 1, 3
+    by_id = {r["id"]: r for r in rows}
+    assert all(c[2] == by_id[c[1]]["arch"] for c in chosen)
+    trained = []
+    monkeypatch.setattr(ground_truth, "train_once", lambda proc, arch, *a: trained.append(arch) or (50.0, 40.0))
+    ground_truth.main(["--out", str(tmp_path / "long"), "--space", "toy", "--data", "fake", "--input-size", "16",
+                       "--networks-of", str(table), "--networks", "4", "--epochs", "1", "--subset", "64"])
+    out = [json.loads(line) for line in open(tmp_path / "long" / "table.jsonl")]
+    assert [r["id"] for r in out] == [c[1] for c in chosen] and len(trained) == 8
+    with pytest.raises(ground_truth.UsageError, match="fewer than --networks 10"):
+        ground_truth.networks_of(str(table), 10)
