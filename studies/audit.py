@@ -164,6 +164,10 @@ def baselines(records, truth, seeds, judge=None):
     depths = [record_depth(r) for r in records]
     if None not in depths:
         out["depth"] = ranking(depths, truth) | {"strata_tau": strata_tau(depths, truth, flops)}
+        if judge is not None:  # tau is symmetric: tau(this table, depth) - tau(the judge's, depth)
+            diff, interval, share = paired_difference(kendall, truth, judge, depths)
+            out["depth"]["versus_judge"] = {"judge_tau": kendall(depths, judge), "difference": diff,
+                                            "interval": interval, "share_not_above_0": share}
     if len(seeds) >= 2:
         a, b = ([r["val"][s] for r in records] for s in seeds[:2])
         out["noise_ceiling"] = ranking(a, b)
@@ -258,3 +262,8 @@ def report(result, seeds):
     for mode in ("flops", "depth", "judge", "batch_stats", "recalibrated"):
         if mode in result:
             print(f"tau within FLOPs strata ({mode}): {[round(t, 3) for t in result[mode]['strata_tau']]}")
+    if "versus_judge" in result.get("depth", {}):
+        v = result["depth"]["versus_judge"]
+        print(f"depth's tau here {result['depth']['kendall']['value']:.3f}, in the --judge table {v['judge_tau']:.3f}: "
+              f"difference {v['difference']:+.3f} [{v['interval'][0]:+.3f}, {v['interval'][1]:+.3f}] (paired bootstrap; "
+              f"not above 0 in {100 * v['share_not_above_0']:.1f}% of resamples)")

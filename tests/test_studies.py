@@ -316,8 +316,9 @@ def test_audit_judge_ranks_one_table_by_another_on_the_networks_both_hold(tmp_pa
     """python -m studies audit --table LONG --judge SHORT: the same networks under two recipes; the short table's
     ranking of the long one is a row beside the baselines, on the networks both hold, in LONG's order. Planted: the
     short recipe ranks them backwards; a judge sharing fewer than 3 networks is one line."""
-    def rec(k, acc):
-        return {"id": f"n{k}", "flops": 1e6 * (k + 1), "val": {"0": acc, "1": acc + 0.1}}
+    def rec(k, acc):  # depth k % 3 + 1
+        return {"id": f"n{k}", "flops": 1e6 * (k + 1), "val": {"0": acc, "1": acc + 0.1},
+                "arch": {"blocks": [{"layers": ["skip"] * (k % 3)}]}}
     long_ = [rec(k, 70.0 + k) for k in range(6)]
     short = [rec(k, 80.0 - k) for k in (5, 3, 2, 1, 0)] + [rec(9, 50.0)]  # n4 missing, n9 only here
     for name, rows in (("long.jsonl", long_), ("short.jsonl", short)):
@@ -326,6 +327,10 @@ def test_audit_judge_ranks_one_table_by_another_on_the_networks_both_hold(tmp_pa
                          "--out", str(tmp_path / "b")])
     assert result["networks"] == 5 and result["ids"] == ["n0", "n1", "n2", "n3", "n5"]
     assert result["judge"]["kendall"]["value"] == -1.0 and result["flops"]["kendall"]["value"] == 1.0
+    # depths 1, 2, 3, 1, 3 against accuracies rising (here) and falling (the judge's): tau +t and -t, difference 2t
+    t = kendall([1, 2, 3, 1, 3], [0, 1, 2, 3, 5])
+    shift = result["depth"]["versus_judge"]
+    assert t > 0 and math.isclose(shift["judge_tau"], -t) and math.isclose(shift["difference"], 2 * t)
     (tmp_path / "few.jsonl").write_text("".join(json.dumps(r) + "\n" for r in short[:2] + [rec(7, 1.0)]))
     with pytest.raises(audit.UsageError, match="fewer than 3"):
         audit.main(["--table", str(tmp_path / "long.jsonl"), "--judge", str(tmp_path / "few.jsonl")])
