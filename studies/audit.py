@@ -19,6 +19,7 @@ recipe (ground_truth --networks-of), to see whether this table's recipe ranks th
 """
 import math
 import os
+import statistics
 
 import torch
 
@@ -27,7 +28,8 @@ from machinery.cli import ArgumentParser, UsageError, integer
 from machinery.data import load_data, make_loader
 from machinery.draw import scatter_svg
 from studies.ground_truth import record_depth
-from studies.stats import bootstrap_interval, kendall, paired_difference, spearman, top_hit_rate
+from studies.stats import (bootstrap_interval, kendall, loo_predictions, paired_difference, quadratic, spearman,
+                           top_hit_rate)
 from supernet import SuperNet, bn_momentum, get_space
 
 
@@ -164,6 +166,12 @@ def baselines(records, truth, seeds, judge=None):
     depths = [record_depth(r) for r in records]
     if None not in depths:
         out["depth"] = ranking(depths, truth) | {"strata_tau": strata_tau(depths, truth, flops)}
+        x = quadratic([[math.log(f) for f in flops], depths])
+        if len(records) >= 2 * x.shape[1]:  # a fit of 6 terms needs some more networks than terms
+            fit = loo_predictions(x, truth)
+            out["flops_and_depth"] = ranking(fit.tolist(), truth) | {
+                "strata_tau": strata_tau(fit.tolist(), truth, flops),
+                "variance": variance_shares(records, truth, seeds, fit)}
         if judge is not None:  # tau is symmetric: tau(this table, depth) - tau(the judge's, depth)
             diff, interval, share = paired_difference(kendall, truth, judge, depths)
             out["depth"]["versus_judge"] = {"judge_tau": kendall(depths, judge), "difference": diff,
@@ -172,6 +180,19 @@ def baselines(records, truth, seeds, judge=None):
         a, b = ([r["val"][s] for r in records] for s in seeds[:2])
         out["noise_ceiling"] = ranking(a, b)
     return out
+
+
+def variance_shares(records, truth, seeds, fit):
+    """How much of the stand-alone accuracies a model in FLOPs and depth explains: their variance over networks, the
+    part of it that is seed noise (the mean over networks of the seeds' variance, / the seeds), the mean squared
+    error of the leave-one-out fit, and the share of the variance beyond noise that the fit explains."""
+    total = statistics.pvariance(truth)
+    noise = statistics.fmean(statistics.variance([r["val"][s] for s in seeds]) for r in records) / len(seeds) \
+        if len(seeds) >= 2 else math.nan
+    mse = statistics.fmean((a - b) ** 2 for a, b in zip(truth, fit.tolist()))
+    signal = total - noise  # none (or noise alone) beyond the seeds' noise: nothing to explain
+    return {"total": total, "seed_noise": noise, "loo_mse": mse,
+            "explained_share": (total - mse) / signal if signal > 0 else None}
 
 
 def baselines_only(args):
@@ -251,7 +272,8 @@ def report(result, seeds):
         return (f"{r['value']:6.3f} [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]"
                 if not math.isnan(r["value"]) else "   n/a")
     rows = [("noise ceiling (seeds)", result.get("noise_ceiling")), ("FLOPs alone", result["flops"]),
-            ("depth alone (layers)", result.get("depth")), ("the --judge table", result.get("judge")),
+            ("depth alone (layers)", result.get("depth")), ("FLOPs and depth (fit)", result.get("flops_and_depth")),
+            ("the --judge table", result.get("judge")),
             ("one-shot, batch statistics", result.get("batch_stats")),
             ("one-shot, recalibrated BN", result.get("recalibrated"))]
     print(f"\n{result['networks']} networks; stand-alone: mean validation top-1 over seeds {', '.join(seeds)}")
@@ -259,9 +281,15 @@ def report(result, seeds):
     for name, r in rows:
         if r is not None:
             print(f"{name:<28} {fmt(r['kendall']):>24} {fmt(r['spearman']):>24} {fmt(r['top10_hit']):>24}")
-    for mode in ("flops", "depth", "judge", "batch_stats", "recalibrated"):
+    for mode in ("flops", "depth", "flops_and_depth", "judge", "batch_stats", "recalibrated"):
         if mode in result:
             print(f"tau within FLOPs strata ({mode}): {[round(t, 3) for t in result[mode]['strata_tau']]}")
+    if "flops_and_depth" in result:
+        v = result["flops_and_depth"]["variance"]
+        print(f"variance of the stand-alone accuracies over networks {v['total']:.3f}: seed noise {v['seed_noise']:.3f}"
+              f", left by the fit in FLOPs and depth {v['loo_mse']:.3f} (leave-one-out): the fit explains "
+              + (f"{100 * v['explained_share']:.0f}% of what is not noise" if v["explained_share"] is not None
+                 else "- (no variance beyond the seeds' noise)"))
     if "versus_judge" in result.get("depth", {}):
         v = result["depth"]["versus_judge"]
         print(f"depth's tau here {result['depth']['kendall']['value']:.3f}, in the --judge table {v['judge_tau']:.3f}: "

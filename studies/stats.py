@@ -8,6 +8,9 @@ uses one definition of each.
     permutation_p(a, b)                        one-sided p of mean(a) > mean(b) under exchangeability
     percentile(value, peers)                   the share (%) of peers below value, ties counted half
     matched_permutation_p(groups)              one-sided p that each group's first member beats its group by chance
+    quadratic(columns)                         a design matrix: 1, each column, their squares and products
+    loo_predictions(x, y)                      least squares' leave-one-out predictions of y
+    adjusted_lead(x, y, treated)               the treated items' mean lead over a fit to the others, and its p
 """
 import itertools
 import math
@@ -124,3 +127,50 @@ def matched_permutation_p(groups, samples=100000, seed=0):
         t = sum(float(c[torch.randint(len(c), (), generator=g)]) for c in centred)
         hits += t >= observed - 1e-9
     return hits / (samples + 1)
+
+
+def quadratic(columns):
+    """The design matrix of a full quadratic model in the given columns (each a list over the same items): a
+    constant, every column, every square and every product of two columns."""
+    cols = [_vec(c) for c in columns]
+    terms = [torch.ones_like(cols[0])] + cols + [a * b for i, a in enumerate(cols) for b in cols[i:]]
+    return torch.stack(terms, 1)
+
+
+def loo_predictions(x, y):
+    """Each y_i predicted by least squares fitted to the other items (design matrix x): y_i - e_i / (1 - h_ii), with
+    e the residuals of the fit to all and h the hat matrix (the same as refitting without item i)."""
+    x, y = torch.as_tensor(x, dtype=torch.float64), _vec(y)
+    pinv = torch.linalg.pinv(x)
+    residual = y - x @ (pinv @ y)
+    hat = (x * pinv.T).sum(1)
+    return y - residual / (1 - hat)
+
+
+def _lead(x, y, treated):
+    rest = torch.ones(len(y), dtype=torch.bool)
+    rest[treated] = False
+    beta = torch.linalg.lstsq(x[rest], y[rest, None]).solution[:, 0]
+    return y[treated] - x[treated] @ beta
+
+
+def adjusted_lead(x, y, treated, samples=10000, seed=0):
+    """The `treated` items' leads over a least-squares fit (design matrix x) to the other items, their mean, and the
+    one-sided p-value of that mean under the null that the treated are any items of the same number: the share of
+    relabellings (the model refitted for each) whose mean lead is at least the observed; exact (every choice of
+    items enumerated) when there are at most `samples` choices, else that many random ones (the observed one
+    counted). (An effect at equal covariates: e.g. searched networks against a model of the random ones' accuracy
+    in FLOPs and depth.)"""
+    x, y = torch.as_tensor(x, dtype=torch.float64), _vec(y)
+    treated = torch.as_tensor(treated, dtype=torch.long)
+    leads = _lead(x, y, treated)
+    observed = float(leads.mean())
+    n, k = len(y), len(treated)
+    if math.comb(n, k) <= samples:
+        means = [float(_lead(x, y, torch.tensor(pick)).mean()) for pick in itertools.combinations(range(n), k)]
+        return leads.tolist(), observed, sum(m >= observed - 1e-9 for m in means) / len(means)
+    g = torch.Generator().manual_seed(seed)
+    hits = 1
+    for _ in range(samples):
+        hits += float(_lead(x, y, torch.randperm(n, generator=g)[:k]).mean()) >= observed - 1e-9
+    return leads.tolist(), observed, hits / (samples + 1)

@@ -14,7 +14,9 @@ With --table, Table 1 with its statistics from a ground-truth table (python -m s
 table's random networks within 5% of its FLOPs, on the mean test top-1 over the seeds (the validation split's beside
 it): its percentile among them, and one stratified permutation test over all searched networks (within each group
 the 'searched' label could be any member: stats.matched_permutation_p). The same against only the peers no deeper
-than it (depth: the layers of its blocks), as a network's depth alone ranks a short training's accuracies.
+than it (depth: the layers of its blocks), as a network's depth alone ranks a short training's accuracies; and
+each searched network's lead over a least-squares model of the random networks' accuracy, quadratic in log FLOPs
+and depth, with a permutation test that refits the model for every relabelling (stats.adjusted_lead).
 table1.svg: every network's accuracy against FLOPs with the random networks' Pareto front.
 
     python -m studies table1 --table studies/tables/ground-truth-laptop/table.jsonl --out runs/table1-truth
@@ -35,7 +37,7 @@ from machinery.cli import SEED, ArgumentParser, UsageError, integer, number
 from machinery.draw import scatter_svg
 from studies.ground_truth import record_depth
 from studies.random_search import TOLERANCE, random_archs_at_flops
-from studies.stats import matched_permutation_p, percentile
+from studies.stats import adjusted_lead, matched_permutation_p, percentile, quadratic
 from supernet import get_space
 
 PRESET = "laptop"
@@ -226,6 +228,15 @@ def table1_from_truth(path, out, runs=None):
                          "no_deeper": {"mean_percentile": statistics.fmean(low) if low else None, "compared": len(low),
                                        "permutation_p": matched_permutation_p(shallow_groups[split])
                                        if shallow_groups[split] else None}}
+    depths = [record_depth(r) for r in searched + random]
+    x = quadratic([[math.log(r["flops"]) for r in searched + random], depths]) if None not in depths else None
+    if x is not None and len(random) >= 2 * x.shape[1]:  # at equal FLOPs and depth: the lead over a model of the
+        for split in ("test", "val"):                      # random networks (a fit of 6 terms to some more of them)
+            leads, mean, p = adjusted_lead(x, [mean_over_seeds(r, split) for r in searched + random],
+                                           list(range(len(searched))))
+            result[split]["adjusted"] = {"mean_lead": mean, "permutation_p": p}
+            for row, lead in zip(rows, leads):
+                row[split]["adjusted_lead"] = lead
     front = pareto_front([(r["flops"], mean_over_seeds(r, "test")) for r in random])
     result["pareto_front"] = front
     os.makedirs(out, exist_ok=True)
@@ -239,7 +250,7 @@ def table1_from_truth(path, out, runs=None):
     print(f"Table 1 from {path}: mean top-1 over seeds {', '.join(result['seeds'])}; peers: random networks within "
           f"{TOLERANCE:.0%} of the searched one's FLOPs")
     print(f"{'searched':<28} {'FLOPs':>7} {'peers':>5} {'test':>6} {'peer median':>11} {'pct':>5} {'val':>6} "
-          f"{'peer median':>11} {'pct':>5} {'depth':>5} {'peers':>11} {'no deeper':>9} {'pct test':>8}")
+          f"{'peer median':>11} {'pct':>5} {'depth':>5} {'peers':>11} {'no deeper':>9} {'pct test':>8} {'lead':>6}")
     for r in rows:
         t, v = r["test"], r["val"]
         known = [d for d in r["peer_depths"] if d is not None]
@@ -247,13 +258,16 @@ def table1_from_truth(path, out, runs=None):
         print(f"{r['id'][-28:]:<28} {r['flops'] / 1e6:6.2f}M {r['peers']:5d} {t['searched']:6.2f} "
               f"{fmt(t['peer_median']):>11} {fmt(t['percentile'], 0):>5} {v['searched']:6.2f} "
               f"{fmt(v['peer_median']):>11} {fmt(v['percentile'], 0):>5} {fmt(r['depth'], 0):>5} {span:>11} "
-              f"{r['peers_no_deeper']:9d} {fmt(t['percentile_no_deeper'], 0):>8}")
+              f"{r['peers_no_deeper']:9d} {fmt(t['percentile_no_deeper'], 0):>8} {fmt(t.get('adjusted_lead')):>6}")
     for split in ("test", "val"):
         r, low = result[split], result[split]["no_deeper"]
         print(f"{split}: mean percentile {fmt(r['mean_percentile'], 1)}, above the peers' median "
               f"{r['above_median']}/{r['compared']}, permutation p = {fmt(r['permutation_p'], 4)}; among the peers "
               f"no deeper ({low['compared']} searched networks have some): mean percentile "
               f"{fmt(low['mean_percentile'], 1)}, permutation p = {fmt(low['permutation_p'], 4)}")
+        if "adjusted" in r:
+            print(f"{split}: lead over a fit of the random networks in FLOPs and depth (quadratic): mean "
+                  f"{r['adjusted']['mean_lead']:+.2f} points, permutation p = {r['adjusted']['permutation_p']:.4f}")
     print(f"outputs: {os.path.join(out, 'table1.json')}, {os.path.join(out, 'table1.svg')}")
     return result
 

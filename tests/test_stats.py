@@ -5,9 +5,9 @@ import math
 import torch
 from hypothesis import given, settings, strategies as st
 
-from studies.stats import (bootstrap_interval, kendall, matched_permutation_p, paired_difference, pearson, percentile,
-                           permutation_p,
-                           ranks, spearman, top_hit_rate)
+from studies.stats import (adjusted_lead, bootstrap_interval, kendall, loo_predictions, matched_permutation_p,
+                           paired_difference, pearson, percentile, permutation_p, quadratic, ranks, spearman,
+                           top_hit_rate)
 
 values = st.lists(st.integers(-5, 5), min_size=3, max_size=12)
 
@@ -113,3 +113,37 @@ def test_paired_difference_of_a_reading_with_itself_and_with_its_reverse(truth):
     rev = [-t for t in truth]
     diff, interval, share = paired_difference(kendall, truth, rev, truth, samples=200)
     assert math.isclose(diff, 2.0) and share == 0.0 and interval[1] <= 2.0 + 1e-12
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 3), st.integers(12, 30))
+def test_loo_predictions_are_refits_without_the_item(seed, columns, n):
+    """The closed form of leave-one-out least squares (quadratic design in `columns` random covariates) equals
+    fitting to the other n - 1 items and predicting the one left out, for every item."""
+    g = torch.Generator().manual_seed(seed)
+    cols = [torch.randn(n, generator=g, dtype=torch.float64).tolist() for _ in range(columns)]
+    x = quadratic(cols)
+    assert x.shape == (n, 1 + columns + columns * (columns + 1) // 2)
+    y = torch.randn(n, generator=g, dtype=torch.float64)
+    loo = loo_predictions(x, y)
+    for i in range(n):
+        rest = [j for j in range(n) if j != i]
+        beta = torch.linalg.lstsq(x[rest], y[rest, None]).solution[:, 0]
+        assert math.isclose(float(loo[i]), float(x[i] @ beta), rel_tol=1e-6, abs_tol=1e-6)
+
+
+def test_adjusted_lead_finds_a_planted_lead_at_equal_covariates_and_none_without():
+    """Accuracy an exact quadratic in two covariates: treated items planted 1 above it lead by 1 each, and no other
+    few other choices of items lead as much (a choice that leaves planted items in the fit can, through leverage:
+    here 14 of the C(14, 3) = 364); with nothing planted every choice leads by 0, p = 1."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(14, generator=g, dtype=torch.float64), torch.randint(1, 9, (14,), generator=g).double()
+    y = 80 - 2 * a + 0.3 * b - 0.1 * b * b + a * b
+    x = quadratic([a.tolist(), b.tolist()])
+    leads, mean, p = adjusted_lead(x, (y + torch.tensor([1.0, 1.0, 1.0] + [0.0] * 11)).tolist(), [0, 1, 2])
+    assert all(math.isclose(v, 1.0, abs_tol=1e-9) for v in leads) and math.isclose(mean, 1.0)
+    assert p == 14 / math.comb(14, 3) < 0.05
+    leads, mean, p = adjusted_lead(x, y.tolist(), [0, 1, 2])
+    assert abs(mean) < 1e-9 and p == 1.0
+    _, _, sampled = adjusted_lead(x, y.tolist(), [0, 1, 2], samples=50)  # 364 choices > 50: sampled
+    assert sampled == 1.0

@@ -235,6 +235,7 @@ def test_table1_from_a_ground_truth_table_gives_percentiles_a_permutation_test_a
     assert math.isclose(result["test"]["permutation_p"], 4 / 8)
     assert result["test"]["above_median"] == 1 and result["test"]["compared"] == 2
     assert result["pareto_front"] == [(2e6, 70), (5.1e6, 82), (9.6e6, 92.5), (11e6, 99)]
+    assert "adjusted" not in result["test"]  # 6 random networks: too few for a fit of 6 terms
     # against the peers no deeper: s-a (depth 3) against r1 and r3 (88, 85; r2 is deeper), s-b has none (r4 is deeper);
     # exact p: leads 3, 0, -3 around 88, observed 3: 1 of 3
     assert a["depth"] == 3 and sorted(a["peer_depths"]) == [2, 3, 4] and (a["peers_no_deeper"], b["peers_no_deeper"]) == (2, 0)
@@ -296,6 +297,27 @@ def test_audit_without_a_run_gives_the_table_baselines(tmp_path, capsys):
     assert "depth" not in audit.main(["--table", str(table), "--out", str(tmp_path / "c")])
     with pytest.raises(audit.UsageError, match="does not exist"):
         audit.main(["--table", str(tmp_path / "none.jsonl")])
+    assert "flops_and_depth" not in result  # 6 networks: too few for a fit of 6 terms
+
+
+def test_audit_fit_in_flops_and_depth_explains_a_table_made_of_them(tmp_path):
+    """The baseline 'FLOPs and depth (fit)': on a planted table whose accuracy is a quadratic in log FLOPs and depth
+    plus seed noise of +-0.1, the leave-one-out fit ranks it perfectly, leaves no error and explains all the
+    variance beyond the noise (the seeds' variance / 2 = 0.01)."""
+    rows = []
+    for k in range(16):
+        f, d = 1e6 * (1 + k % 5), 1 + (3 * k) % 7
+        acc = 70 + 2 * math.log(f / 1e6) - 0.5 * d + 0.03 * d * d
+        rows.append({"id": f"n{k}", "flops": f, "val": {"0": acc - 0.1, "1": acc + 0.1},
+                     "arch": {"blocks": [{"layers": ["skip"] * (d - 1)}]}})
+    table = tmp_path / "table.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fit = audit.main(["--table", str(table), "--out", str(tmp_path / "b")])["flops_and_depth"]
+    truth = [statistics.fmean(r["val"].values()) for r in rows]
+    v = fit["variance"]
+    assert fit["kendall"]["value"] == 1.0 and v["loo_mse"] < 1e-12 and math.isclose(v["seed_noise"], 0.01)
+    assert math.isclose(v["total"], statistics.pvariance(truth))
+    assert math.isclose(v["explained_share"], v["total"] / (v["total"] - 0.01))
 
 
 def test_table1_finds_a_run_in_a_table_made_elsewhere():
@@ -368,3 +390,22 @@ def test_ground_truth_networks_of_trains_another_tables_networks_spread_and_coar
     assert [r["id"] for r in out] == [c[1] for c in chosen] and len(trained) == 8
     with pytest.raises(ground_truth.UsageError, match="fewer than --networks 10"):
         ground_truth.networks_of(str(table), 10)
+
+
+def test_table1_lead_over_a_fit_in_flops_and_depth(tmp_path):
+    """table1 --table: with enough random networks, each searched network's lead over a least-squares model of the
+    random ones' accuracy (quadratic in log FLOPs and depth). Planted: the random networks lie on such a model, the
+    searched ones 1 point above it on test (0 on validation)."""
+    def rec(name, kind, f, d, extra):
+        acc = 70 + 2 * math.log(f / 1e6) - 0.5 * d + 0.03 * d * d
+        return {"id": name, "kind": kind, "flops": f, "test": {"0": acc + extra, "1": acc + extra},
+                "val": {"0": acc, "1": acc}, "arch": {"blocks": [{"layers": ["skip"] * (d - 1)}]}}
+    rows = [rec("s-a", "searched", 3e6, 2, 1.0), rec("s-b", "searched", 4.1e6, 5, 1.0)]
+    rows += [rec(f"r{k}", "random", 1e6 * (1 + k % 5), 1 + (3 * k) % 7, 0.0) for k in range(14)]
+    path = tmp_path / "table.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = table1.main(["--table", str(path), "--out", str(tmp_path / "t1")])
+    assert all(math.isclose(r["test"]["adjusted_lead"], 1.0) and abs(r["val"]["adjusted_lead"]) < 1e-9
+               for r in result["searched"])
+    assert math.isclose(result["test"]["adjusted"]["mean_lead"], 1.0) and result["test"]["adjusted"]["permutation_p"] < 0.05
+    assert result["val"]["adjusted"]["permutation_p"] > 0.5
