@@ -12,6 +12,10 @@ or layers tells the search nothing. OUT/audit.json holds every figure and readin
 against the stand-alone accuracy. Without --run, the baselines alone (seconds) into OUT/baselines.json; with
 --judge TABLE also that table's ranking, on the networks both tables hold: the same networks trained with another
 recipe (ground_truth --networks-of), to see whether this table's recipe ranks them as a longer one does.
+A fourth baseline fits the stand-alone accuracies by least squares, quadratic in log FLOPs and depth, each network
+predicted from the others (leave-one-out): it tells how much of the table FLOPs and depth explain, against the
+seeds' noise, and each reading is also ranked against what that fit leaves (does the super network know more of a
+network than its FLOPs and depth?). --rescore AUDIT_JSON scores an earlier audit's readings again (seconds).
 
     python -m studies audit --run runs/laptop --table studies/tables/ground-truth-laptop/table.jsonl --out runs/audit
     python -m studies audit --table studies/tables/ground-truth-laptop/table.jsonl --out runs/baselines
@@ -104,9 +108,14 @@ def main(argv=None):
                     help="without --run: another table of the same networks (python -m studies ground_truth "
                          "--networks-of), trained with another recipe; the baselines on the networks both hold, and "
                          "that table's ranking beside them (does this table's recipe rank as the other does?)")
+    ap.add_argument("--rescore", metavar="AUDIT_JSON",
+                    help="instead of reading a run: an audit.json made before, scored again against --table from its "
+                         "readings (seconds; the networks both hold)")
     args = ap.parse_args(argv)
     if args.compare:
         return compare(args)
+    if args.rescore:
+        return rescore(args)
     if not args.run:
         return baselines_only(args)
     if args.judge:
@@ -119,8 +128,7 @@ def main(argv=None):
     val = list(make_loader(data.val, args.batch_size, False, 0, 0, drop_last=False))
     calib = list(make_loader(data.train, args.batch_size, True, 0, settings["seed"]))[
         :math.ceil(args.calib / args.batch_size)]
-    truth, seeds = stand_alone(records)
-    flops = [r["flops"] for r in records]
+    truth, _ = stand_alone(records)
     readings = {"batch_stats": [], "recalibrated": []}
     for k, r in enumerate(records):
         readings["batch_stats"].append(read_network(net, r, val))
@@ -128,22 +136,55 @@ def main(argv=None):
         print(f"[{k + 1}/{len(records)}] {r['id']}: stand-alone {truth[k]:.2f}%, one-shot "
               f"{readings['batch_stats'][-1]:.2f}% (batch statistics), {readings['recalibrated'][-1]:.2f}% "
               "(recalibrated)", flush=True)
-    result = {"run": os.path.abspath(args.run), "table": os.path.abspath(args.table), "networks": len(records),
-              "ids": [r["id"] for r in records],
-              "calib_images": min(args.calib, len(calib) * args.batch_size), **baselines(records, truth, seeds)}
-    for mode, acc in readings.items():
-        result[mode] = ranking(acc, truth) | {"strata_tau": strata_tau(acc, truth, flops), "readings": acc}
-    report(result, seeds)
+    result = {"run": os.path.abspath(args.run), "table": os.path.abspath(args.table),
+              "calib_images": min(args.calib, len(calib) * args.batch_size), **score(records, readings)}
     if other is not None:
         result["versus"] = versus(result, other, truth, args.versus)
-    os.makedirs(args.out, exist_ok=True)
-    cli.save_json_atomic(result, os.path.join(args.out, "audit.json"))
-    series = {name: (colour, list(zip(truth, readings[mode]))) for name, mode, colour in
+    write_audit(result, truth, args.out)
+
+
+def score(records, readings):
+    """Every figure of an audit: the baselines, and each mode's readings ranked against the stand-alone accuracies,
+    within FLOPs strata, and against what a fit in FLOPs and depth leaves of them (does the super network know more
+    of a network than its FLOPs and depth?); printed."""
+    truth, seeds = stand_alone(records)
+    flops = [r["flops"] for r in records]
+    result = {"networks": len(records), "ids": [r["id"] for r in records], **baselines(records, truth, seeds)}
+    fit = result.get("flops_and_depth", {}).get("predictions")
+    for mode, acc in readings.items():
+        result[mode] = ranking(acc, truth) | {"strata_tau": strata_tau(acc, truth, flops), "readings": acc}
+        if fit is not None:
+            left = [t - f for t, f in zip(truth, fit)]
+            lo, hi = bootstrap_interval(kendall, acc, left)
+            result[mode]["beyond_flops_and_depth"] = {"value": kendall(acc, left), "interval": [lo, hi]}
+    report(result, seeds)
+    return result
+
+
+def write_audit(result, truth, out):
+    os.makedirs(out, exist_ok=True)
+    cli.save_json_atomic(result, os.path.join(out, "audit.json"))
+    series = {name: (colour, list(zip(truth, result[mode]["readings"]))) for name, mode, colour in
               (("batch statistics", "batch_stats", "#9e9e9e"), ("recalibrated BN", "recalibrated", "#d62728"))}
     cli.save_text_atomic(scatter_svg(series, "stand-alone validation top-1 (%)", "one-shot validation top-1 (%)",
                                      "the super network's reading against training alone"),
-                         os.path.join(args.out, "audit.svg"))
-    print(f"outputs: {os.path.join(args.out, 'audit.json')}, {os.path.join(args.out, 'audit.svg')}")
+                         os.path.join(out, "audit.svg"))
+    print(f"outputs: {os.path.join(out, 'audit.json')}, {os.path.join(out, 'audit.svg')}")
+
+
+def rescore(args):
+    """--rescore A: an audit made before scored again against --table, from its readings (seconds)."""
+    audit = load_audit(args.rescore)
+    by_id = {r["id"]: r for r in read_table(args.table)}
+    keep = [k for k, i in enumerate(audit["ids"]) if i in by_id]
+    if len(keep) < 3:
+        raise UsageError(f"--rescore {args.rescore} read fewer than 3 of {args.table}'s networks")
+    records = [by_id[audit["ids"][k]] for k in keep]
+    readings = {m: [audit[m]["readings"][k] for k in keep] for m in ("batch_stats", "recalibrated")}
+    result = {"rescored": os.path.abspath(args.rescore), "run": audit.get("run"), "table": os.path.abspath(args.table),
+              **score(records, readings)}
+    write_audit(result, stand_alone(records)[0], args.out)
+    return result
 
 
 def read_table(path):
@@ -171,7 +212,7 @@ def baselines(records, truth, seeds, judge=None):
             fit = loo_predictions(x, truth)
             out["flops_and_depth"] = ranking(fit.tolist(), truth) | {
                 "strata_tau": strata_tau(fit.tolist(), truth, flops),
-                "variance": variance_shares(records, truth, seeds, fit)}
+                "variance": variance_shares(records, truth, seeds, fit), "predictions": fit.tolist()}
         if judge is not None:  # tau is symmetric: tau(this table, depth) - tau(the judge's, depth)
             diff, interval, share = paired_difference(kendall, truth, judge, depths)
             out["depth"]["versus_judge"] = {"judge_tau": kendall(depths, judge), "difference": diff,
@@ -284,6 +325,10 @@ def report(result, seeds):
     for mode in ("flops", "depth", "flops_and_depth", "judge", "batch_stats", "recalibrated"):
         if mode in result:
             print(f"tau within FLOPs strata ({mode}): {[round(t, 3) for t in result[mode]['strata_tau']]}")
+    for mode in ("batch_stats", "recalibrated"):
+        if "beyond_flops_and_depth" in result.get(mode, {}):
+            r = result[mode]["beyond_flops_and_depth"]
+            print(f"tau against what the fit in FLOPs and depth leaves ({mode}): {fmt(r)}")
     if "flops_and_depth" in result:
         v = result["flops_and_depth"]["variance"]
         print(f"variance of the stand-alone accuracies over networks {v['total']:.3f}: seed noise {v['seed_noise']:.3f}"

@@ -15,7 +15,7 @@ from machinery.cli import load_arch
 from retrain import profile
 from studies import audit, ground_truth, random_search, table1
 import supernet
-from studies.stats import kendall
+from studies.stats import kendall, loo_predictions, quadratic
 from supernet import get_space
 from test_learning import PLANTED
 from test_search import TOY, run
@@ -409,3 +409,31 @@ def test_table1_lead_over_a_fit_in_flops_and_depth(tmp_path):
                for r in result["searched"])
     assert math.isclose(result["test"]["adjusted"]["mean_lead"], 1.0) and result["test"]["adjusted"]["permutation_p"] < 0.05
     assert result["val"]["adjusted"]["permutation_p"] > 0.5
+
+
+def test_audit_rescore_scores_old_readings_against_a_table_and_beyond_flops_and_depth(tmp_path):
+    """python -m studies audit --rescore A --table T: an audit's readings scored again on the networks T holds (one
+    it read is not there), the same tau as ranking them directly, and tau against what the leave-one-out fit in
+    FLOPs and depth leaves of the stand-alone accuracies; readings that are that remainder rank it perfectly."""
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for k in range(16):
+        f, d = 1e6 * (1 + k % 5), 1 + (3 * k) % 7
+        acc = 70 + 2 * math.log(f / 1e6) - 0.5 * d + float(torch.rand((), generator=g))
+        rows.append({"id": f"n{k}", "flops": f, "val": {"0": acc - 0.1, "1": acc + 0.1},
+                     "arch": {"blocks": [{"layers": ["skip"] * (d - 1)}]}})
+    table = tmp_path / "table.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    truth = [statistics.fmean(r["val"].values()) for r in rows]
+    x = quadratic([[math.log(r["flops"]) for r in rows], [1 + len(r["arch"]["blocks"][0]["layers"]) for r in rows]])
+    left = [t - p for t, p in zip(truth, loo_predictions(x, truth).tolist())]
+    noise = torch.rand(16, generator=g).tolist()
+    old = {"ids": ["gone"] + [r["id"] for r in rows], "networks": 17, "table": str(table),
+           "batch_stats": {"readings": [0.0] + noise}, "recalibrated": {"readings": [0.0] + left}}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    result = audit.main(["--rescore", str(tmp_path / "old.json"), "--table", str(table), "--out", str(tmp_path / "r")])
+    assert result["networks"] == 16 and result["ids"] == [r["id"] for r in rows]
+    assert result["batch_stats"]["kendall"]["value"] == kendall(noise, truth)
+    assert result["batch_stats"]["beyond_flops_and_depth"]["value"] == kendall(noise, left)
+    assert result["recalibrated"]["beyond_flops_and_depth"]["value"] == 1.0
+    assert (tmp_path / "r" / "audit.json").exists() and (tmp_path / "r" / "audit.svg").exists()
