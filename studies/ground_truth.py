@@ -13,6 +13,8 @@ network), FLOPs, params, CPU latency (batch 1, median of 30), and the validation
 resumes where it stopped.
 The agreement of the seeds (Kendall tau of their validation accuracies, with a bootstrap interval) is the noise
 ceiling of any ranking against this table. Test accuracy is reported, never used to choose anything.
+With --networks-of TABLE the random networks are instead --networks of that table's, trained again under this
+recipe (is the table's recipe a fair judge? python -m studies audit --table OUT/table.jsonl --judge TABLE).
 
     python -m studies ground_truth --out runs/ground_truth --networks 48 --seeds 0 1 --searched runs/laptop
     python -m studies ground_truth ... --searched runs/s0 runs/s1 runs/s2 --peers 8 --workers 2
