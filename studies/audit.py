@@ -115,6 +115,8 @@ def main(argv=None):
     if args.compare:
         return compare(args)
     if args.rescore:
+        if args.run or args.judge:
+            raise UsageError("--rescore scores an audit made before: give it without --run and --judge")
         return rescore(args)
     if not args.run:
         return baselines_only(args)
@@ -172,6 +174,15 @@ def write_audit(result, truth, out):
     print(f"outputs: {os.path.join(out, 'audit.json')}, {os.path.join(out, 'audit.svg')}")
 
 
+def same_networks(records, others, what):
+    """Two tables name networks by id alone ('random-3' in any table): refuse ids that are other networks there."""
+    flops = {r["id"]: r["flops"] for r in others}
+    for r in records:
+        if r["id"] in flops and not math.isclose(r["flops"], flops[r["id"]], rel_tol=1e-9):
+            raise UsageError(f"{what} names another network {r['id']} ({flops[r['id']] / 1e6:.2f}M FLOPs, here "
+                             f"{r['flops'] / 1e6:.2f}M)")
+
+
 def rescore(args):
     """--rescore A: an audit made before scored again against --table, from its readings (seconds)."""
     audit = load_audit(args.rescore)
@@ -180,6 +191,8 @@ def rescore(args):
     if len(keep) < 3:
         raise UsageError(f"--rescore {args.rescore} read fewer than 3 of {args.table}'s networks")
     records = [by_id[audit["ids"][k]] for k in keep]
+    if audit.get("table") and os.path.isfile(audit["table"]):
+        same_networks(records, cli.read_log(audit["table"]), f"--rescore {args.rescore}'s table")
     readings = {m: [audit[m]["readings"][k] for k in keep] for m in ("batch_stats", "recalibrated")}
     result = {"rescored": os.path.abspath(args.rescore), "run": audit.get("run"), "table": os.path.abspath(args.table),
               **score(records, readings)}
@@ -208,11 +221,16 @@ def baselines(records, truth, seeds, judge=None):
     if None not in depths:
         out["depth"] = ranking(depths, truth) | {"strata_tau": strata_tau(depths, truth, flops)}
         x = quadratic([[math.log(f) for f in flops], depths])
-        if len(records) >= 2 * x.shape[1]:  # a fit of 6 terms needs some more networks than terms
-            fit = loo_predictions(x, truth)
+        fit, hat = loo_predictions(x, truth) if len(records) >= 2 * x.shape[1] else (None, None)
+        # a fit of 6 terms needs some more networks than terms, and none outside the others' span (leverage ~1)
+        if fit is not None and float(hat.max()) < 0.99:
             out["flops_and_depth"] = ranking(fit.tolist(), truth) | {
                 "strata_tau": strata_tau(fit.tolist(), truth, flops),
-                "variance": variance_shares(records, truth, seeds, fit), "predictions": fit.tolist()}
+                "predictions": fit.tolist()}
+            if len(records) >= 4 * x.shape[1]:  # fewer: a few networks' leverage decides the noise part
+                out["flops_and_depth"]["variance"] = variance_shares(records, truth, seeds, fit, hat)
+        elif fit is not None:
+            print("no fit in FLOPs and depth: a network's FLOPs and depth lie outside the others' span")
         if judge is not None:  # tau is symmetric: tau(this table, depth) - tau(the judge's, depth)
             diff, interval, share = paired_difference(kendall, truth, judge, depths)
             out["depth"]["versus_judge"] = {"judge_tau": kendall(depths, judge), "difference": diff,
@@ -223,25 +241,30 @@ def baselines(records, truth, seeds, judge=None):
     return out
 
 
-def variance_shares(records, truth, seeds, fit):
+def variance_shares(records, truth, seeds, fit, hat):
     """How much of the stand-alone accuracies a model in FLOPs and depth explains: their variance over networks, the
-    part of it that is seed noise (the mean over networks of the seeds' variance, / the seeds), the mean squared
-    error of the leave-one-out fit, and the share of the variance beyond noise that the fit explains."""
-    total = statistics.pvariance(truth)
+    part of it that is seed noise (the mean over networks of the seeds' variance, / the seeds: the variance of a
+    mean of seeds), the mean squared error of the leave-one-out fit, the part of that error that noise alone would
+    leave (noise x mean 1 / (1 - h): a left-out item's error carries its own noise and the fit's), and the share
+    of the variance beyond noise that the fit explains, 1 - (error - its noise part) / (variance - noise)."""
+    total = statistics.variance(truth)
     noise = statistics.fmean(statistics.variance([r["val"][s] for s in seeds]) for r in records) / len(seeds) \
         if len(seeds) >= 2 else math.nan
     mse = statistics.fmean((a - b) ** 2 for a, b in zip(truth, fit.tolist()))
+    floor = noise * float((1 / (1 - hat)).mean())
     signal = total - noise  # none (or noise alone) beyond the seeds' noise: nothing to explain
-    return {"total": total, "seed_noise": noise, "loo_mse": mse,
-            "explained_share": (total - mse) / signal if signal > 0 else None}
+    return {"total": total, "seed_noise": noise, "loo_mse": mse, "loo_noise_floor": floor,
+            "explained_share": 1 - (mse - floor) / signal if signal > 0 else None}
 
 
 def baselines_only(args):
     """No --run: the table's baselines alone."""
     records, judge = read_table(args.table), None
     if args.judge:
-        other = dict(zip((r["id"] for r in read_table(args.judge)), stand_alone(read_table(args.judge))[0]))
+        judged = read_table(args.judge)
+        other = dict(zip((r["id"] for r in judged), stand_alone(judged)[0]))
         records = [r for r in records if r["id"] in other]
+        same_networks(records, judged, f"--judge {args.judge}")
         if len(records) < 3:
             raise UsageError(f"--judge {args.judge} holds fewer than 3 of {args.table}'s networks")
         judge = [other[r["id"]] for r in records]
@@ -329,10 +352,11 @@ def report(result, seeds):
         if "beyond_flops_and_depth" in result.get(mode, {}):
             r = result[mode]["beyond_flops_and_depth"]
             print(f"tau against what the fit in FLOPs and depth leaves ({mode}): {fmt(r)}")
-    if "flops_and_depth" in result:
+    if "variance" in result.get("flops_and_depth", {}):
         v = result["flops_and_depth"]["variance"]
         print(f"variance of the stand-alone accuracies over networks {v['total']:.3f}: seed noise {v['seed_noise']:.3f}"
-              f", left by the fit in FLOPs and depth {v['loo_mse']:.3f} (leave-one-out): the fit explains "
+              f", left by the fit in FLOPs and depth {v['loo_mse']:.3f} (leave-one-out; noise alone would leave "
+              f"{v['loo_noise_floor']:.3f}): the fit explains "
               + (f"{100 * v['explained_share']:.0f}% of what is not noise" if v["explained_share"] is not None
                  else "- (no variance beyond the seeds' noise)"))
     if "versus_judge" in result.get("depth", {}):

@@ -66,7 +66,8 @@ def nearest_bin_centres(flops, n):
 def networks_of(path, n):
     """n random networks of another table spread over their FLOPs range as spread_over_flops spreads draws, to
     train again under this recipe (--networks-of: is the table's recipe a fair judge?), with their ids; in an
-    order that covers the range early (bins 0, n/2, n/4, 3n/4, ...), so that a stopped run has spanned it."""
+    order that covers the range early (bins in bit-reversed order: for n = 16, 0, 8, 4, 12, 2, ...), so that a
+    stopped run has spanned it."""
     if not os.path.isfile(path):
         raise UsageError(f"--networks-of: no table at {path}")
     records = [r for r in cli.read_log(path) if r.get("kind") == "random"]
@@ -79,7 +80,7 @@ def networks_of(path, n):
 
 
 def _bit_reversed(k, n):
-    """k's bits reversed over the bits n needs: 0, n/2, n/4, 3n/4, ... for k = 0, 1, 2, 3, ... ranked."""
+    """k's bits reversed over the bits n - 1 needs (k = 0, 1, 2, 3 of n = 16: 0, 8, 4, 12)."""
     width = max(1, (n - 1).bit_length())
     return int(format(k, f"0{width}b")[::-1], 2)
 

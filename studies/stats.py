@@ -9,7 +9,7 @@ uses one definition of each.
     percentile(value, peers)                   the share (%) of peers below value, ties counted half
     matched_permutation_p(groups)              one-sided p that each group's first member beats its group by chance
     quadratic(columns)                         a design matrix: 1, each column, their squares and products
-    loo_predictions(x, y)                      least squares' leave-one-out predictions of y
+    loo_predictions(x, y)                      least squares' leave-one-out predictions of y, and the leverages
     adjusted_lead(x, y, treated)               the treated items' mean lead over a fit to the others, and its p
 """
 import itertools
@@ -139,12 +139,13 @@ def quadratic(columns):
 
 def loo_predictions(x, y):
     """Each y_i predicted by least squares fitted to the other items (design matrix x): y_i - e_i / (1 - h_ii), with
-    e the residuals of the fit to all and h the hat matrix (the same as refitting without item i)."""
+    e the residuals of the fit to all and h the hat matrix's diagonal (the same as refitting without item i); and h.
+    An item with h_ii near 1 has covariates outside the others' span: no fit to the others predicts it."""
     x, y = torch.as_tensor(x, dtype=torch.float64), _vec(y)
     pinv = torch.linalg.pinv(x)
     residual = y - x @ (pinv @ y)
     hat = (x * pinv.T).sum(1)
-    return y - residual / (1 - hat)
+    return y - residual / (1 - hat), hat
 
 
 def _lead(x, y, treated):

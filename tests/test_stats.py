@@ -125,7 +125,8 @@ def test_loo_predictions_are_refits_without_the_item(seed, columns, n):
     x = quadratic(cols)
     assert x.shape == (n, 1 + columns + columns * (columns + 1) // 2)
     y = torch.randn(n, generator=g, dtype=torch.float64)
-    loo = loo_predictions(x, y)
+    loo, hat = loo_predictions(x, y)
+    assert bool(((hat > 0) & (hat < 1)).all())
     for i in range(n):
         rest = [j for j in range(n) if j != i]
         beta = torch.linalg.lstsq(x[rest], y[rest, None]).solution[:, 0]
@@ -147,3 +148,8 @@ def test_adjusted_lead_finds_a_planted_lead_at_equal_covariates_and_none_without
     assert abs(mean) < 1e-9 and p == 1.0
     _, _, sampled = adjusted_lead(x, y.tolist(), [0, 1, 2], samples=50)  # 364 choices > 50: sampled
     assert sampled == 1.0
+    # a lead among noise: sampling 4,000 of the 364 choices (the observed one counted) agrees with enumerating them
+    noisy = (y + torch.tensor([0.6, 0.6, 0.6] + [0.0] * 11) + 0.3 * torch.randn(14, generator=g, dtype=torch.float64))
+    _, _, exact = adjusted_lead(x, noisy.tolist(), [0, 1, 2])
+    _, _, sampled = adjusted_lead(x, noisy.tolist(), [0, 1, 2], samples=4000)
+    assert 0 < exact < 0.5 and abs(sampled - exact) < 0.02

@@ -302,13 +302,13 @@ def test_audit_without_a_run_gives_the_table_baselines(tmp_path, capsys):
 
 def test_audit_fit_in_flops_and_depth_explains_a_table_made_of_them(tmp_path):
     """The baseline 'FLOPs and depth (fit)': on a planted table whose accuracy is a quadratic in log FLOPs and depth
-    plus seed noise of +-0.1, the leave-one-out fit ranks it perfectly, leaves no error and explains all the
-    variance beyond the noise (the seeds' variance / 2 = 0.01)."""
+    plus seeds at -0.1, +0.2 and -0.1 around it, the leave-one-out fit ranks it perfectly and leaves no error; the
+    seed noise is the variance of a mean of three seeds (0.03 / 3 = 0.01)."""
     rows = []
-    for k in range(16):
+    for k in range(24):
         f, d = 1e6 * (1 + k % 5), 1 + (3 * k) % 7
         acc = 70 + 2 * math.log(f / 1e6) - 0.5 * d + 0.03 * d * d
-        rows.append({"id": f"n{k}", "flops": f, "val": {"0": acc - 0.1, "1": acc + 0.1},
+        rows.append({"id": f"n{k}", "flops": f, "val": {"0": acc - 0.1, "1": acc + 0.2, "2": acc - 0.1},
                      "arch": {"blocks": [{"layers": ["skip"] * (d - 1)}]}})
     table = tmp_path / "table.jsonl"
     table.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -316,8 +316,10 @@ def test_audit_fit_in_flops_and_depth_explains_a_table_made_of_them(tmp_path):
     truth = [statistics.fmean(r["val"].values()) for r in rows]
     v = fit["variance"]
     assert fit["kendall"]["value"] == 1.0 and v["loo_mse"] < 1e-12 and math.isclose(v["seed_noise"], 0.01)
-    assert math.isclose(v["total"], statistics.pvariance(truth))
-    assert math.isclose(v["explained_share"], v["total"] / (v["total"] - 0.01))
+    assert math.isclose(v["total"], statistics.variance(truth)) and v["loo_noise_floor"] > 0.01
+    assert math.isclose(v["explained_share"], 1 + v["loo_noise_floor"] / (v["total"] - 0.01))
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))  # 16: a fit, but no variance shares
+    assert "variance" not in audit.main(["--table", str(table), "--out", str(tmp_path / "c")])["flops_and_depth"]
 
 
 def test_table1_finds_a_run_in_a_table_made_elsewhere():
@@ -353,6 +355,9 @@ def test_audit_judge_ranks_one_table_by_another_on_the_networks_both_hold(tmp_pa
     t = kendall([1, 2, 3, 1, 3], [0, 1, 2, 3, 5])
     shift = result["depth"]["versus_judge"]
     assert t > 0 and math.isclose(shift["judge_tau"], -t) and math.isclose(shift["difference"], 2 * t)
+    (tmp_path / "other.jsonl").write_text("".join(json.dumps(r | {"flops": 2 * r["flops"]}) + "\n" for r in short))
+    with pytest.raises(audit.UsageError, match="another network"):  # the same ids, other networks
+        audit.main(["--table", str(tmp_path / "long.jsonl"), "--judge", str(tmp_path / "other.jsonl")])
     (tmp_path / "few.jsonl").write_text("".join(json.dumps(r) + "\n" for r in short[:2] + [rec(7, 1.0)]))
     with pytest.raises(audit.UsageError, match="fewer than 3"):
         audit.main(["--table", str(tmp_path / "long.jsonl"), "--judge", str(tmp_path / "few.jsonl")])
@@ -426,7 +431,7 @@ def test_audit_rescore_scores_old_readings_against_a_table_and_beyond_flops_and_
     table.write_text("".join(json.dumps(r) + "\n" for r in rows))
     truth = [statistics.fmean(r["val"].values()) for r in rows]
     x = quadratic([[math.log(r["flops"]) for r in rows], [1 + len(r["arch"]["blocks"][0]["layers"]) for r in rows]])
-    left = [t - p for t, p in zip(truth, loo_predictions(x, truth).tolist())]
+    left = [t - p for t, p in zip(truth, loo_predictions(x, truth)[0].tolist())]
     noise = torch.rand(16, generator=g).tolist()
     old = {"ids": ["gone"] + [r["id"] for r in rows], "networks": 17, "table": str(table),
            "batch_stats": {"readings": [0.0] + noise}, "recalibrated": {"readings": [0.0] + left}}
