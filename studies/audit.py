@@ -31,9 +31,8 @@ from machinery import cli
 from machinery.cli import ArgumentParser, UsageError, integer
 from machinery.data import load_data, make_loader
 from machinery.draw import scatter_svg
-from studies.ground_truth import record_depth
-from studies.stats import (bootstrap_interval, kendall, loo_predictions, paired_difference, quadratic, spearman,
-                           top_hit_rate)
+from studies.ground_truth import flops_depth_design, record_depth
+from studies.stats import bootstrap_interval, kendall, loo_predictions, paired_difference, spearman, top_hit_rate
 from supernet import SuperNet, bn_momentum, get_space
 
 
@@ -153,10 +152,10 @@ def score(records, readings):
     flops = [r["flops"] for r in records]
     result = {"networks": len(records), "ids": [r["id"] for r in records], **baselines(records, truth, seeds)}
     fit = result.get("flops_and_depth", {}).get("predictions")
+    left = None if fit is None else [t - f for t, f in zip(truth, fit)]  # what the fit leaves of the truth
     for mode, acc in readings.items():
         result[mode] = ranking(acc, truth) | {"strata_tau": strata_tau(acc, truth, flops), "readings": acc}
-        if fit is not None:
-            left = [t - f for t, f in zip(truth, fit)]
+        if left is not None:
             lo, hi = bootstrap_interval(kendall, acc, left)
             result[mode]["beyond_flops_and_depth"] = {"value": kendall(acc, left), "interval": [lo, hi]}
     report(result, seeds)
@@ -220,7 +219,7 @@ def baselines(records, truth, seeds, judge=None):
     depths = [record_depth(r) for r in records]
     if None not in depths:
         out["depth"] = ranking(depths, truth) | {"strata_tau": strata_tau(depths, truth, flops)}
-        x = quadratic([[math.log(f) for f in flops], depths])
+        x = flops_depth_design(records)
         fit, hat = loo_predictions(x, truth) if len(records) >= 2 * x.shape[1] else (None, None)
         # a fit of 6 terms needs some more networks than terms, and none outside the others' span (leverage ~1)
         if fit is not None and float(hat.max()) < 0.99:

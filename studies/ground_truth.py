@@ -20,6 +20,7 @@ recipe (is the table's recipe a fair judge? python -m studies audit --table OUT/
     python -m studies ground_truth ... --searched runs/s0 runs/s1 runs/s2 --peers 8 --workers 2
 """
 import argparse
+import math
 import multiprocessing
 import os
 import time
@@ -35,7 +36,7 @@ from machinery.cli import SEED, ArgumentParser, UsageError, integer, number
 from machinery.data import load_data
 from machinery.draw import load_arch_params
 from studies.random_search import TOLERANCE, random_arch, random_archs_at_flops
-from studies.stats import bootstrap_interval, kendall
+from studies.stats import bootstrap_interval, kendall, quadratic
 from supernet import count_params, get_space
 from viterbi import argmax, derive
 
@@ -122,6 +123,13 @@ def depth(arch):
 def record_depth(record):
     """depth() of a table record's arch; None for a record without one."""
     return depth(record["arch"]) if "arch" in record else None
+
+
+def flops_depth_design(records):
+    """The design matrix of the fit in FLOPs and depth that the audit and Table 1 share: quadratic in log FLOPs and
+    depth (6 terms); None if a record has no depth (an NSE architecture)."""
+    depths = [record_depth(r) for r in records]
+    return None if None in depths else quadratic([[math.log(r["flops"]) for r in records], depths])
 
 
 def network(arch):

@@ -35,9 +35,9 @@ from cost import flops_table
 from machinery import cli, options, runtime
 from machinery.cli import SEED, ArgumentParser, UsageError, integer, number
 from machinery.draw import scatter_svg
-from studies.ground_truth import record_depth
+from studies.ground_truth import flops_depth_design, record_depth
 from studies.random_search import TOLERANCE, random_archs_at_flops
-from studies.stats import adjusted_lead, matched_permutation_p, percentile, quadratic
+from studies.stats import adjusted_lead, matched_permutation_p, percentile
 from supernet import get_space
 
 PRESET = "laptop"
@@ -228,8 +228,7 @@ def table1_from_truth(path, out, runs=None):
                          "no_deeper": {"mean_percentile": statistics.fmean(low) if low else None, "compared": len(low),
                                        "permutation_p": matched_permutation_p(shallow_groups[split])
                                        if shallow_groups[split] else None}}
-    depths = [record_depth(r) for r in searched + random]
-    x = quadratic([[math.log(r["flops"]) for r in searched + random], depths]) if None not in depths else None
+    x = flops_depth_design(searched + random)
     if x is not None and len(random) >= 2 * x.shape[1]:  # at equal FLOPs and depth: the lead over a model of the
         for split in ("test", "val"):                      # random networks (a fit of 6 terms to some more of them)
             leads, mean, p = adjusted_lead(x, [mean_over_seeds(r, split) for r in searched + random],
