@@ -121,7 +121,7 @@ def main(argv=None):
         return baselines_only(args)
     if args.judge:
         raise UsageError("--judge compares two tables' rankings: give it without --run")
-    other = load_audit(args.versus) if args.versus else None
+    other = load_audit(args.versus, "--versus") if args.versus else None
     net, data, settings = load_run(args.run)
     records = read_table(args.table)
     if any(len(r.get("choices", [])) != len(net.layers) for r in records):
@@ -184,7 +184,7 @@ def same_networks(records, others, what):
 
 def rescore(args):
     """--rescore A: an audit made before scored again against --table, from its readings (seconds)."""
-    audit = load_audit(args.rescore)
+    audit = load_audit(args.rescore, "--rescore")
     by_id = {r["id"]: r for r in read_table(args.table)}
     keep = [k for k, i in enumerate(audit["ids"]) if i in by_id]
     if len(keep) < 3:
@@ -289,22 +289,23 @@ def compare(args):
     records = read_table(args.table)
     truth, _ = stand_alone(records)
     by_id = dict(zip((r["id"] for r in records), truth))
-    a = load_audit(args.compare[0])
+    a = load_audit(args.compare[0], "--compare")
     missing = [i for i in a["ids"] if i not in by_id]
     if missing:
         raise UsageError(f"{args.compare[0]} read {missing[0]}, which {args.table} does not hold")
     result = {"ids": a["ids"], **{m: a[m] for m in ("batch_stats", "recalibrated")}}
-    out = versus(result, load_audit(args.compare[1]), [by_id[i] for i in a["ids"]], args.compare[1])
+    out = versus(result, load_audit(args.compare[1], "--compare"), [by_id[i] for i in a["ids"]], args.compare[1])
     os.makedirs(args.out, exist_ok=True)
     cli.save_json_atomic(out, os.path.join(args.out, "versus.json"))
     print(f"output: {os.path.join(args.out, 'versus.json')}")
 
 
-def load_audit(path):
-    """An earlier audit.json and the ids of its networks (an audit before ids were recorded: its table's)."""
-    audit = cli.read_json(path, "--versus")
+def load_audit(path, flag):
+    """An earlier audit.json (given by `flag`) and the ids of its networks (an audit before ids were recorded: its
+    table's)."""
+    audit = cli.read_json(path, flag)
     if not isinstance(audit, dict) or "recalibrated" not in audit:
-        raise UsageError(f"--versus {path} is not an audit.json of python -m studies audit")
+        raise UsageError(f"{flag} {path} is not an audit.json of python -m studies audit")
     if "ids" not in audit:
         audit["ids"] = [r["id"] for r in cli.read_log(audit["table"])][:audit["networks"]]
     return audit

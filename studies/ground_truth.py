@@ -288,6 +288,7 @@ def main(argv=None):
                          "are fewer (Table 1: python -m studies table1 --table; default 0)")
     add_recipe_arguments(ap)
     args = ap.parse_args(argv)
+    again = networks_of(args.networks_of, args.networks) if args.networks_of else None  # refused before OUT is made
     path, done = open_table(args)
     data = search_data(args)
     test = test_data(args, data.input_size)
@@ -295,8 +296,8 @@ def main(argv=None):
     # a searched network already in the table needs its folder no more
     networks = [("searched", folder, *searched_network(folder, space)) for folder in args.searched
                 if folder not in done]
-    if args.networks_of:
-        networks += networks_of(args.networks_of, args.networks)
+    if again is not None:
+        networks += again
     else:
         networks += [("random", f"random-{k}", *net) for k, net in enumerate(
             spread_over_flops(space, args.networks, args.pool, torch.Generator().manual_seed(args.split_seed)))]
