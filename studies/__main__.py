@@ -7,6 +7,7 @@
   ground_truth  networks of the laptop space trained stand-alone with several seeds: studies/ground_truth.py
   audit       a search's super network ranking those networks, against their stand-alone accuracy: studies/audit.py
   fidelity    a latency table's predictions against whole networks timed on the device: studies/fidelity.py
+  selection   the super network choosing among networks of equal FLOPs, judged by the ground truth: studies/selection.py
   nse_truth   NSE's final networks against random networks of the whole pool at equal FLOPs: studies/nse_truth.py
 
     python -m studies random --help
@@ -14,11 +15,11 @@
 import sys
 
 from machinery.cli import UsageError, run_cli
-from studies import audit, estimation, fidelity, ground_truth, nse_truth, random_search, table1
+from studies import audit, estimation, fidelity, ground_truth, nse_truth, random_search, selection, table1
 
 STUDIES = {"random": random_search.main, "table1": table1.main, "estimation": estimation.main,
            "ground_truth": ground_truth.main, "audit": audit.main,
-           "fidelity": fidelity.main, "nse_truth": nse_truth.main}
+           "fidelity": fidelity.main, "nse_truth": nse_truth.main, "selection": selection.main}
 
 
 def main(argv=None):

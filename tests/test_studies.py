@@ -13,7 +13,7 @@ from cost import arch_cost, flops_table
 from machinery import options
 from machinery.cli import load_arch
 from retrain import profile
-from studies import audit, ground_truth, random_search, table1
+from studies import audit, ground_truth, random_search, selection, table1
 import supernet
 from studies.stats import kendall, loo_predictions, quadratic
 from supernet import get_space
@@ -442,3 +442,55 @@ def test_audit_rescore_scores_old_readings_against_a_table_and_beyond_flops_and_
     assert result["batch_stats"]["beyond_flops_and_depth"]["value"] == kendall(noise, left)
     assert result["recalibrated"]["beyond_flops_and_depth"]["value"] == 1.0
     assert (tmp_path / "r" / "audit.json").exists() and (tmp_path / "r" / "audit.svg").exists()
+
+
+def test_selection_chooses_among_equal_flops_networks_and_tests_the_choice_against_chance(tmp_path, monkeypatch):
+    """python -m studies selection: each run's candidates are the table's random networks within 5% of its searched
+    network's FLOPs; a rule keeps one; its percentile among the others and the exact stratified permutation p.
+    Planted readings: the recalibrated one is the stand-alone validation accuracy (it must keep each group's best:
+    p = 1 / (4 x 3), the smallest the test can give), the batch-statistics one its negative (the worst: p = 1); the
+    fewest-layers rule keeps the shallowest. Readings are logged and not read again when the study runs again; a
+    search that has not run all its epochs is refused."""
+    def rec(name, kind, flops, acc, depth):
+        return {"id": name, "kind": kind, "flops": flops, "path": [0, 1], "choices": [0, 0],
+                "test": {"0": acc + 1, "1": acc + 1}, "val": {"0": acc - 0.5, "1": acc + 0.5},
+                "arch": {"blocks": [{"layers": ["skip"] * (depth - 1)}]}}
+    rows = [rec("runs/a", "searched", 10e6, 80, 3), rec("runs/b", "searched", 5e6, 70, 3),
+            rec("a1", "random", 10.2e6, 79, 4), rec("a2", "random", 9.8e6, 82, 5), rec("a3", "peer", 10e6, 78, 2),
+            rec("a4", "random", 10.4e6, 81, 6), rec("b1", "random", 5.1e6, 71, 2), rec("b2", "peer", 4.9e6, 69, 3),
+            rec("b3", "random", 5e6, 72, 4), rec("far", "random", 11e6, 99, 1)]
+    table = tmp_path / "table.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    truth = {r["id"]: r["val"]["0"] + 0.5 for r in rows}
+    for name in ("a", "b"):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "args.json").write_text(json.dumps({"epochs": 2}))
+        (run / "checkpoint.pt").write_text("")
+        (run / "search_log.jsonl").write_text('{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2}\n')
+    reads = []
+    net = type("Net", (), {"layers": [0, 0]})()
+    data = type("Data", (), {"val": [], "train": []})()
+    monkeypatch.setattr(selection, "load_run", lambda run: (net, data, {"seed": 0, "space": "planted"}))
+    monkeypatch.setattr(selection, "make_loader", lambda *a, **k: [])
+    def read(net, record, val, calib=None):
+        reads.append(record["id"])
+        return truth[record["id"]] if calib is not None else -truth[record["id"]]
+    monkeypatch.setattr(selection, "read_network", read)
+    argv = ["--table", str(table), "--runs", str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b"),
+            "--out", str(tmp_path / "sel")]
+    result = selection.main(argv)
+    a, b = result["runs"]
+    assert a["candidates"] == ["a1", "a2", "a3", "a4"] and b["candidates"] == ["b1", "b2", "b3"]  # not 'far'
+    assert (a["rules"]["recalibrated"]["chosen"], b["rules"]["recalibrated"]["chosen"]) == ("a2", "b3")
+    assert (a["rules"]["batch_stats"]["chosen"], b["rules"]["batch_stats"]["chosen"]) == ("a3", "b2")
+    assert (a["rules"]["fewest_layers"]["chosen"], b["rules"]["fewest_layers"]["chosen"]) == ("a3", "b1")
+    s = result["summary"]
+    assert s["recalibrated"]["test"]["mean_percentile"] == 100 and math.isclose(s["recalibrated"]["test"]["permutation_p"], 1 / 12)
+    assert s["batch_stats"]["val"]["mean_percentile"] == 0 and s["batch_stats"]["val"]["permutation_p"] == 1
+    assert a["searched"]["test"]["percentile"] == 50 and a["tau_among_candidates"]["recalibrated"]["val"] == 1
+    assert len(reads) == 14  # two readings of each of 7 candidates
+    assert selection.main(argv)["summary"] == s and len(reads) == 14  # read again from readings.jsonl
+    (tmp_path / "runs" / "b" / "search_log.jsonl").write_text('{"epoch": 0}\n{"epoch": 1}\n')
+    with pytest.raises(ground_truth.UsageError, match="not a finished search"):
+        selection.main(argv)
