@@ -131,9 +131,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=integer(1, 4096), default=256, help="batch size of the readings (default 256)")
     args = ap.parse_args(argv)
     records = read_table(args.table)
-    searched = [r for r in records if r["kind"] == "searched"]
-    runs = [(run, next(s for s in searched if s["id"] == match_run(run, [s["id"] for s in searched], args.table)))
-            for run in args.runs]
+    searched = {r["id"]: r for r in records if r["kind"] == "searched"}
+    runs = [(run, searched[match_run(run, list(searched), args.table)]) for run in args.runs]
     for run, _ in runs:
         finished_search(run)
     os.makedirs(args.out, exist_ok=True)
