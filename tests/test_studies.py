@@ -187,8 +187,10 @@ def test_audit_ranks_a_planted_space_and_fails_when_the_reading_ignores_the_netw
     """A ranking regression caught in seconds. Planted truth: in a trained super network the first candidate of
     every layer is replaced by an untrained one (fresh random weights), so a network is worse the more of the layers
     on its path sit at it. The audit's reading (audit.read_network, both BN modes) must rank 24 networks by that
-    share with Kendall tau above 0.5 (about 0.65 here, either way of training), its bootstrap interval above 0 and
-    holding the estimate; readings of the wrong networks (choices shuffled among them) must not."""
+    share with Kendall tau above 0.25, its bootstrap interval above 0 and holding the estimate; readings of the wrong
+    networks (choices shuffled among them) must not. The tau depends on the last bits of the training (one super
+    network, 24 networks): over seeds 0-2 and both ways of training it ranged 0.33-0.74 on an AMD EPYC (this seed
+    0.42 and 0.53; the 0.5 this test once asked for failed there), the shuffled readings' -0.58-0.09."""
     net, val, g = planted_supernet(sample_path)
     with torch.no_grad():
         for layer in (m for m in net.layers if len(m.ops) > 1):  # (a layer of one candidate has no choice)
@@ -207,9 +209,9 @@ def test_audit_ranks_a_planted_space_and_fails_when_the_reading_ignores_the_netw
     for calib in (None, val[:2]):
         readings = [audit.read_network(net, r, val, calib) for r in records]
         figures = audit.ranking(readings, truth)["kendall"]
-        assert figures["value"] > 0.5 and 0 < figures["interval"][0] <= figures["value"] <= figures["interval"][1]
+        assert figures["value"] > 0.25 and 0 < figures["interval"][0] <= figures["value"] <= figures["interval"][1]
     shuffled = [dict(r, choices=records[(k + 5) % 24]["choices"]) for k, r in enumerate(records)]
-    assert kendall([audit.read_network(net, r, val) for r in shuffled], truth) < 0.5
+    assert kendall([audit.read_network(net, r, val) for r in shuffled], truth) < 0.25
 
 
 def test_table1_from_a_ground_truth_table_gives_percentiles_a_permutation_test_and_the_front(tmp_path):
