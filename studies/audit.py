@@ -48,6 +48,18 @@ def load_run(run):
     return net, data, settings
 
 
+def open_run(run, records, table, batch_size, calib):
+    """A run's super network (load_run) with the batches its readings use: the search's validation split, and the
+    first `calib` images of its training split in a seeded order for BN recalibration; refuses `records` of another
+    space than the run's."""
+    net, data, settings = load_run(run)
+    if any(len(r.get("choices", [])) != len(net.layers) for r in records):
+        raise UsageError(f"{table} holds networks of another space than the run's '{settings['space']}'")
+    val = list(make_loader(data.val, batch_size, False, 0, 0, drop_last=False))
+    calib_batches = list(make_loader(data.train, batch_size, True, 0, settings["seed"]))[:math.ceil(calib / batch_size)]
+    return net, val, calib_batches
+
+
 def read_network(net, record, val_batches, calib_batches=None):
     """Top-1 (%) of one network of the space read from the super network on val_batches. calib_batches None: BN
     normalises with each batch's statistics (the search's reading); else its running statistics are first
@@ -122,13 +134,8 @@ def main(argv=None):
     if args.judge:
         raise UsageError("--judge compares two tables' rankings: give it without --run")
     other = load_audit(args.versus, "--versus") if args.versus else None
-    net, data, settings = load_run(args.run)
     records = read_table(args.table)
-    if any(len(r.get("choices", [])) != len(net.layers) for r in records):
-        raise UsageError(f"{args.table} holds networks of another space than the run's '{settings['space']}'")
-    val = list(make_loader(data.val, args.batch_size, False, 0, 0, drop_last=False))
-    calib = list(make_loader(data.train, args.batch_size, True, 0, settings["seed"]))[
-        :math.ceil(args.calib / args.batch_size)]
+    net, val, calib = open_run(args.run, records, args.table, args.batch_size, args.calib)
     truth, _ = stand_alone(records)
     readings = {"batch_stats": [], "recalibrated": []}
     for k, r in enumerate(records):

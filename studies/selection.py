@@ -20,18 +20,16 @@ Readings are kept in OUT/readings.jsonl, so a cut-off study resumes; OUT/selecti
 
     python -m studies selection --table studies/tables/ground-truth-laptop/table.jsonl --runs runs/sp-s3 runs/sp-s4
 """
-import math
 import os
 import statistics
 
 from machinery import cli
 from machinery.cli import ArgumentParser, UsageError, integer
-from machinery.data import make_loader
-from studies.audit import load_run, read_network, read_table
+from studies.audit import open_run, read_network, read_table
 from studies.ground_truth import flops_depth_design, record_depth
 from studies.random_search import TOLERANCE
 from studies.stats import adjusted_lead, kendall, matched_permutation_p, percentile
-from studies.table1 import match_run, mean_over_seeds
+from studies.table1 import match_run, mean_over_seeds, peers_of
 
 RULES = ("recalibrated", "batch_stats", "fewest_layers")
 
@@ -45,12 +43,6 @@ def finished_search(run):
         raise UsageError(f"{run} is not a finished search ({done} of {settings.get('epochs')} epochs)")
 
 
-def candidates_of(searched, records):
-    """Table 1's peers of a searched network: the table's random networks within 5% of its FLOPs, in table order."""
-    return [r for r in records if r["kind"] != "searched" and abs(r["flops"] - searched["flops"])
-            <= TOLERANCE * searched["flops"]]
-
-
 def choose(rule, candidates, readings):
     """The index of the candidate a rule keeps; ties to the first."""
     if rule == "fewest_layers":
@@ -58,17 +50,12 @@ def choose(rule, candidates, readings):
     return max(range(len(candidates)), key=lambda k: readings[rule][k])
 
 
-def read_candidates(run, candidates, done, log_path, calib, batch_size):
+def read_candidates(run, candidates, done, log_path, table, calib, batch_size):
     """Both readings of every candidate on the run's super network; those in `done` (id -> readings) are not read
     again, new ones are appended to log_path as they come."""
     missing = [r for r in candidates if r["id"] not in done]
     if missing:
-        net, data, settings = load_run(run)
-        if any(len(r["choices"]) != len(net.layers) for r in missing):
-            raise UsageError(f"the table holds networks of another space than {run}'s '{settings['space']}'")
-        val = list(make_loader(data.val, batch_size, False, 0, 0, drop_last=False))
-        calib_batches = list(make_loader(data.train, batch_size, True, 0, settings["seed"]))[
-            :math.ceil(calib / batch_size)]
+        net, val, calib_batches = open_run(run, missing, table, batch_size, calib)
         for k, r in enumerate(missing):
             reading = {"run": os.path.abspath(run), "id": r["id"],
                        "batch_stats": read_network(net, r, val), "recalibrated": read_network(net, r, val, calib_batches)}
@@ -107,13 +94,12 @@ def summarise(rows, records):
     index = {r["id"]: k for k, r in enumerate(random)}
     out = {}
     for rule in RULES:
-        out[rule] = {}
+        out[rule], picks = {}, [row["rules"][rule] for row in rows]
+        chosen = sorted({index[p["chosen"]] for p in picks})
         for s in ("test", "val"):
-            picks = [row["rules"][rule] for row in rows]
             pct = [p[s]["percentile"] for p in picks]
             out[rule][s] = {"mean_percentile": statistics.fmean(pct), "above_median": sum(q > 50 for q in pct),
                             "runs": len(pct), "permutation_p": matched_permutation_p([p[s]["group"] for p in picks])}
-            chosen = sorted({index[p["chosen"]] for p in picks})
             if x is not None and len(random) - len(chosen) >= 2 * x.shape[1]:
                 _, mean, p = adjusted_lead(x, [mean_over_seeds(r, s) for r in random], chosen)
                 out[rule][s]["lead_over_fit"] = {"mean": mean, "permutation_p": p, "networks": len(chosen)}
@@ -140,14 +126,14 @@ def main(argv=None):
     logged = cli.read_log(log_path) if os.path.exists(log_path) else []
     rows = []
     for run, s in runs:
-        candidates = candidates_of(s, records)
+        candidates = peers_of(s, records)
         if len(candidates) < 2:
             raise UsageError(f"{args.table} holds {len(candidates)} random networks within {TOLERANCE:.0%} of "
                              f"{s['id']}'s FLOPs; a choice needs at least 2")
         print(f"{run}: {len(candidates)} candidates within {TOLERANCE:.0%} of {s['flops'] / 1e6:.2f}M FLOPs", flush=True)
         done = {g["id"]: g for g in logged if g["run"] == os.path.abspath(run)}
-        rows.append(select_run(s, candidates, read_candidates(run, candidates, done, log_path, args.calib,
-                                                              args.batch_size)))
+        rows.append(select_run(s, candidates, read_candidates(run, candidates, done, log_path, args.table,
+                                                              args.calib, args.batch_size)))
     result = {"table": os.path.abspath(args.table), "tolerance": TOLERANCE, "calib_images": args.calib,
               "runs": rows, "summary": summarise(rows, records)}
     cli.save_json_atomic(result, os.path.join(args.out, "selection.json"))

@@ -188,6 +188,12 @@ def match_run(run, ids, path):
     raise UsageError(f"{path} holds no searched network of {run}")
 
 
+def peers_of(searched, records):
+    """A searched network's peers: the random networks of `records` within 5% of its FLOPs, in table order."""
+    return [r for r in records if r["kind"] != "searched" and abs(r["flops"] - searched["flops"])
+            <= TOLERANCE * searched["flops"]]
+
+
 def table1_from_truth(path, out, runs=None):
     if not os.path.isfile(path):
         raise UsageError(f"--table {path} does not exist")
@@ -201,7 +207,7 @@ def table1_from_truth(path, out, runs=None):
         raise UsageError(f"{path} needs searched and random networks (ground_truth --searched ... --peers K)")
     rows, groups, shallow_groups = [], {"test": [], "val": []}, {"test": [], "val": []}
     for s in searched:
-        peers = [r for r in random if abs(r["flops"] - s["flops"]) <= TOLERANCE * s["flops"]]
+        peers = peers_of(s, random)
         d, depths = record_depth(s), [record_depth(r) for r in peers]
         shallow = [r for r, e in zip(peers, depths) if d is not None and e is not None and e <= d]
         row = {"id": s["id"], "flops": s["flops"], "peers": len(peers), "depth": d, "peer_depths": depths,

@@ -471,10 +471,7 @@ def test_selection_chooses_among_equal_flops_networks_and_tests_the_choice_again
         (run / "checkpoint.pt").write_text("")
         (run / "search_log.jsonl").write_text('{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2}\n')
     reads = []
-    net = type("Net", (), {"layers": [0, 0]})()
-    data = type("Data", (), {"val": [], "train": []})()
-    monkeypatch.setattr(selection, "load_run", lambda run: (net, data, {"seed": 0, "space": "planted"}))
-    monkeypatch.setattr(selection, "make_loader", lambda *a, **k: [])
+    monkeypatch.setattr(selection, "open_run", lambda run, records, table, batch_size, calib: (None, [], [[]]))
     def read(net, record, val, calib=None):
         reads.append(record["id"])
         return truth[record["id"]] if calib is not None else -truth[record["id"]]
