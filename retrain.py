@@ -13,6 +13,7 @@ augmentation. Top-1/top-5 on the evaluation set after every epoch, a checkpoint 
 import json
 import os
 import time
+import warnings
 
 import torch
 import torch.nn as nn
@@ -191,7 +192,14 @@ def export(net, arch, path):
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():
         program = torch.export.export(net, (torch.randn(2, arch["in_channels"], r, r),), dynamic_shapes=({0: batch},))
-    cli.write_atomic(path, lambda tmp: torch.export.save(program, tmp))
+
+    def save(tmp):
+        # a file object: torch.export warns of a path not ending in .pt2 (the temporary); and its own notes on how
+        # it lays out the weights are not the user's concern
+        with open(tmp, "wb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            torch.export.save(program, f)
+    cli.write_atomic(path, save)
     x = torch.randn(3, arch["in_channels"], r, r, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want, got = net(x), torch.export.load(path).module()(x)

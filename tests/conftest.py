@@ -1,7 +1,11 @@
 """Shared set-up: the modules under test are flat files in the repository root."""
+import contextlib
+import importlib
+import io
 import os
 import subprocess
 import sys
+import traceback
 
 import pytest
 import torch
@@ -9,6 +13,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from machinery import cli  # noqa: E402 (after the path above)
 
 # The tests use tiny tensors, where intra-op threads do not help; on a shared 2-core machine a
 # second OpenMP thread that loses its core stalls every op (measured: 0.2 s -> 16 s for one pass).
@@ -36,3 +42,33 @@ def _run_clis(commands):
 def run_clis():
     """The function _run_clis: {name: [script, args...]} -> {name: CompletedProcess}, run concurrently."""
     return _run_clis
+
+
+def invoke(script, argv):
+    """A program as its command line runs it, in this process: its exit code (its output: capfd)."""
+    module = importlib.import_module(script[:-3].replace("/", "."))  # studies/__main__.py: studies.__main__
+    old = sys.argv
+    sys.argv = [script] + argv
+    try:
+        cli.run_cli(lambda: module.main())
+        return 0
+    except SystemExit as e:
+        return e.code
+    finally:
+        sys.argv = old
+
+
+def run_here(commands):
+    """As _run_clis, in this process one after another (no torch import each): for command lines whose
+    checks and work need no process of their own. An exception that escapes is its traceback on stderr, exit 1."""
+    results = {}
+    for name, (script, *argv) in commands.items():
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = invoke(script, argv)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+        results[name] = subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
+    return results

@@ -1,11 +1,13 @@
 """The command lines on bad input: one line on stderr naming the problem, exit code 2, no traceback."""
 import copy
 import json
+import os
 
 import pytest
 
 import retrain
 import supernet
+from conftest import ROOT, run_here
 from machinery import cli
 
 # a valid toy arch file; every bad case below differs from it in one respect
@@ -39,8 +41,8 @@ BAD_SUPERNET = {
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory, run_clis):
-    """Every command of this module, run once, concurrently."""
+def results(tmp_path_factory):
+    """Every command of this module, run once, in this process."""
     tmp = tmp_path_factory.mktemp("archs")
     cmds = {}
     for name, (text, _) in BAD_ARCHS.items():
@@ -50,8 +52,8 @@ def results(tmp_path_factory, run_clis):
         cmds[name] = ["retrain.py", "--arch", str(path), "--profile"]
     for name, (args, _) in BAD_SUPERNET.items():
         cmds[name] = ["supernet.py", *args]
-    cmds["mobilenetv2"] = ["retrain.py", "--arch", "examples/mobilenetv2.json", "--profile"]
-    return run_clis(cmds)
+    cmds["mobilenetv2"] = ["retrain.py", "--arch", os.path.join(ROOT, "examples", "mobilenetv2.json"), "--profile"]
+    return run_here(cmds)
 
 
 def assert_usage_error(r, word):

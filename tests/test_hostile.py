@@ -7,7 +7,6 @@ behaviour), and a check that nothing already written changed: a snapshot of ever
 second live run use real processes.
 """
 import hashlib
-import importlib
 import json
 import os
 import signal
@@ -20,7 +19,7 @@ import torch
 
 import retrain
 import search
-from conftest import ROOT
+from conftest import ROOT, invoke
 from machinery import cli
 from studies import random_search
 from test_data import make_folder
@@ -50,20 +49,6 @@ def snapshot(root):
                 with open(path, "rb") as fh:
                     out[os.path.relpath(path, root)] = hashlib.sha256(fh.read()).hexdigest()
     return out
-
-
-def invoke(script, argv):
-    """A program as its command line runs it, in this process: (exit code, stdout, stderr) via capfd."""
-    module = importlib.import_module(script[:-3].replace("/", "."))  # studies/__main__.py: studies.__main__
-    old = sys.argv
-    sys.argv = [script] + argv
-    try:
-        cli.run_cli(lambda: module.main())
-        return 0
-    except SystemExit as e:
-        return e.code
-    finally:
-        sys.argv = old
 
 
 @pytest.fixture(scope="module")

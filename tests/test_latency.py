@@ -7,8 +7,6 @@ import datetime
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,21 +16,12 @@ import cost
 import latency
 import supernet
 import viterbi
+from conftest import run_here
 from machinery import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = dict(batch_size=2, warmup=1, repeats=2)
 CLI = ["--space", "toy", "--input-size", "32", "--device", "cpu", "--batch-size", "2", "--warmup", "1",
        "--repeats", "2", "--progress", "0.5"]
-
-
-def run_clis(commands):
-    """{name: [script, args...]} -> {name: CompletedProcess}, all started at once (each mostly imports torch)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = {k: subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k, argv in commands.items()}
-    outs = {k: p.communicate(timeout=300) for k, p in procs.items()}
-    return {k: subprocess.CompletedProcess(p.args, p.returncode, *outs[k]) for k, p in procs.items()}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +57,7 @@ def arch_file(toy, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clis(lut, arch_file, tmp_path_factory):
-    """Every command-line run of this file at once (each mostly imports torch), with the files they use."""
+    """Every command-line run of this file, in this process, with the files they use."""
     d = tmp_path_factory.mktemp("cli")
     path, table = lut
     # resume: the table with five entries removed
@@ -81,7 +70,7 @@ def clis(lut, arch_file, tmp_path_factory):
     cli.save_json_atomic(dict(table, meta=dict(table["meta"], batch_size=4)), other)
     with open(other, "rb") as f:
         other_bytes = f.read()
-    runs = run_clis({
+    runs = run_here({
         "resume": ["latency.py", *CLI, "--out", resumed],
         "other": ["latency.py", *CLI, "--out", other],
         "arch_lut": ["latency.py", "--arch", arch_file, "--device", "cpu", "--batch-size", "2", "--warmup", "1",

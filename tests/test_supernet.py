@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 import supernet
+from conftest import run_here
 from strategies import spaces
 
 # ----------------------------------------------------------------------------------------
@@ -51,9 +52,9 @@ def spec_edges(rows, M):
 
 
 @pytest.fixture(scope="module")
-def described(run_clis):
-    """`supernet.py --describe` run once per setting, concurrently; parsed JSON by name."""
-    res = run_clis({"mbv2": ["supernet.py", "--space", "mbv2", "--describe"],
+def described():
+    """`supernet.py --describe` run once per setting, in this process; parsed JSON by name."""
+    res = run_here({"mbv2": ["supernet.py", "--space", "mbv2", "--describe"],
                     "toy_m2": ["supernet.py", "--space", "toy", "--connect", "2", "--describe"]})
     out = {}
     for name, r in res.items():

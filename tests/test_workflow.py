@@ -5,13 +5,11 @@ mbv2, the CPU for CUDA, no --gpus (for a search without --lut, --cost latency in
 default), the data source, and flags that shrink the work (32 px, epochs, images, timing runs). Everything else,
 latency.py's 1000-class default included, is the README's.
 """
+import contextlib
 import json
 import os
 import re
 import shlex
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ import torch
 import latency
 import search
 from machinery import options, runtime
-from conftest import ROOT
+from conftest import ROOT, run_here
 from cost import space_signatures
 from supernet import get_space
 from test_data import make_folder
@@ -53,19 +51,20 @@ def toy_scale(argv, data):
     extra = SCALE.get(script, []) if "--eval" not in args else ["--subset", "32"]
     if script in ("latency.py", "search.py"):
         extra = extra + ["--input-size", "32"]
-    return [os.path.join(ROOT, script)] + out + extra
+    return [script] + out + extra
 
 
 def run_workflow(workdir, data):
-    """Every README line in order, in `workdir` (its relative outputs land there); the finished processes."""
+    """Every README line in order, in `workdir` (its relative outputs land there), each program's main in this
+    process as its command line runs it (tests/test_hostile.py runs the programs as real processes); the results."""
     os.makedirs(workdir, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     done = []
-    for argv in readme_gpu_commands():
-        cmd = toy_scale(argv, data)
-        r = subprocess.run([sys.executable, *cmd], cwd=workdir, env=env, text=True, capture_output=True, timeout=300)
-        done.append(r)
-        assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    with contextlib.chdir(workdir):
+        for argv in readme_gpu_commands():
+            cmd = toy_scale(argv, data)
+            r = run_here({"step": cmd})["step"]
+            done.append(r)
+            assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     return done
 
 
@@ -73,9 +72,8 @@ def run_workflow(workdir, data):
 def workflows(tmp_path_factory):
     root = tmp_path_factory.mktemp("workflow")
     folder = make_folder(root / "imagenet", classes=4, per_class=10, val_per_class=4)
-    with ThreadPoolExecutor(2) as pool:  # the two data sources side by side
-        fake, imgs = pool.map(lambda a: run_workflow(*a), [(root / "fake", "fake"), (root / "folder", folder)])
-    return {"fake": (root / "fake", fake), "folder": (root / "folder", imgs)}
+    return {"fake": (root / "fake", run_workflow(root / "fake", "fake")),
+            "folder": (root / "folder", run_workflow(root / "folder", folder))}
 
 
 @pytest.mark.parametrize("source", ["fake", "folder"])
