@@ -308,7 +308,7 @@ def main(argv=None):
                          "once on cores/W threads each (studies.ground_truth --workers), side by side")
     ap.add_argument("--rounds", type=integer(1, 1000), default=5,
                     help="--retrain-workers: rounds of the two, taking turns (default 5)")
-    g = ap.add_argument_group("the GPU check (README, 'Checking a GPU machine')")
+    g = ap.add_argument_group("the GPU check (README, 'On GPUs and ImageNet')")
     g.add_argument("--gpu-check", action="store_true",
                    help="on one GPU, run the real paths at real sizes and print one JSON line: this benchmark at "
                         "224 px, batch 88, bf16 autocast; the latency table's build; --search-steps steps of "
