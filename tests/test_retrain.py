@@ -1,7 +1,7 @@
 """retrain.py on a derived toy arch (supplement A.1, "retraining"), and a toy search whose cost
 term is a latency table measured on this CPU (Sec. 3.3).
 
-The command-line runs are started together (each spends most of its time importing torch)."""
+Command lines run in this process where they need no process of their own (conftest.run_here)."""
 import json
 import math
 import os
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from conftest import ROOT
+from conftest import ROOT, run_here
 from cost import arch_cost
 from machinery import runtime
 from machinery.cli import load_table, save_json_atomic
@@ -55,13 +55,14 @@ def arch_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(arch_file, tmp_path_factory):
-    """Two-epoch retrains (one uninterrupted, one killed after its first checkpoint and resumed),
-    and a toy latency table followed by a toy search that uses it."""
+    """Two-epoch retrains (one uninterrupted, one killed after its first checkpoint and resumed), a two-process
+    one, and a toy latency table followed by a toy search that uses it. The killed run and the two-process one are
+    real processes; the rest run in this process meanwhile (conftest.run_here)."""
     d = tmp_path_factory.mktemp("runs")
     retrain = ["retrain.py", "--arch", arch_file, "--epochs", "2"] + FAKE
     lut = str(d / "lut.json")
-    whole, lat = start(retrain + ["--out", str(d / "whole")]), start(LAT + ["--out", lut])
     killed = start(retrain + ["--out", str(d / "killed")])
+    ddp = start(retrain + ["--out", str(d / "ddp"), "--procs", "2", "--check-sync"])
     ck = d / "killed" / "checkpoint.pt"
     deadline = time.time() + 200
     while not ck.exists() and killed.poll() is None and time.time() < deadline:
@@ -69,19 +70,16 @@ def runs(arch_file, tmp_path_factory):
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
     killed_at = torch.load(ck, weights_only=False)["epoch"] if ck.exists() else None
-    lat = finish(lat)
-    searches = {"search": start(TOY_SEARCH + ["--cost", "latency", "--lut", lut, "--out", str(d / "search")]),
-                "other_size": start(TOY_SEARCH + ["--input-size", "20", "--cost", "latency", "--lut", lut,
-                                                  "--out", str(d / "other")]),
-                "resumed": start(retrain + ["--out", str(d / "killed"), "--resume"]),
-                "ddp": start(retrain + ["--out", str(d / "ddp"), "--procs", "2", "--check-sync"])}
-    done = {k: finish(p) for k, p in searches.items()}
-    whole = finish(whole)
     weights = ["retrain.py", "--arch", arch_file, "--weights", str(d / "whole" / "model.pt")]
-    evaluated, exported = start(weights + ["--eval"] + FAKE), start(weights + ["--export", str(d / "net.pt2")] + FAKE)
-    evaluated, exported = finish(evaluated), finish(exported)
-    return dict(d=d, lut=lut, whole=whole, lat=lat, killed_at=killed_at, evaluated=evaluated, exported=exported,
-                **done)
+    done = run_here({"whole": retrain + ["--out", str(d / "whole")],
+                     "resumed": retrain + ["--out", str(d / "killed"), "--resume"],
+                     "lat": LAT + ["--out", lut],
+                     "search": TOY_SEARCH + ["--cost", "latency", "--lut", lut, "--out", str(d / "search")],
+                     "other_size": TOY_SEARCH + ["--input-size", "20", "--cost", "latency", "--lut", lut,
+                                                 "--out", str(d / "other")],
+                     "evaluated": weights + ["--eval"] + FAKE,
+                     "exported": weights + ["--export", str(d / "net.pt2")] + FAKE})
+    return dict(d=d, lut=lut, killed_at=killed_at, ddp=finish(ddp), **done)
 
 
 def test_retrain_runs_checkpoints_and_reports(runs):

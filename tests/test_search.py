@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, run_here
 from test_data import make_folder
 from machinery import cli
 from machinery.cli import run_cli, save_json_atomic
@@ -42,9 +42,14 @@ def toy(**change):
     return argv
 
 
-def run(args, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, text=True, capture_output=True, **kw)
+def run(args):
+    """A command line (`script.py ...` or `-m package ...`) in this process (conftest.run_here); one that starts
+    processes of its own (--procs) as a real process."""
+    if "--procs" in args:
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, text=True, capture_output=True)
+    script, argv = (args[1] + "/__main__.py", args[2:]) if args[0] == "-m" else (args[0], args[1:])
+    return run_here({"run": [script, *argv]})["run"]
 
 
 def snapshot(folder):
@@ -96,7 +101,7 @@ def test_sampling_follows_softmax_alpha():
     assert len(set(two)) == 2  # two different candidates, without replacement
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)  # each case is 2,000 walks
 @given(st.integers(0, 2**31 - 1))
 def test_sampled_paths_are_paths_drawn_by_p(seed):
     """--sample-path: a walk B_0 -> B_n over the connections; a hop i -> j is taken with probability p_ij (Eq. 3),
