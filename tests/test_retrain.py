@@ -136,8 +136,8 @@ def test_exported_network_runs_without_this_code_and_computes_what_the_trained_o
         want = net.eval()(x)
     got = torch.load(d / "y.pt")
     assert torch.allclose(got["5"], want, rtol=1e-4, atol=1e-5) and torch.allclose(got["1"], want[:1], atol=1e-5)
-    again = finish(start(["retrain.py", "--arch", arch_file, "--weights", str(d / "whole" / "model.pt"),
-                          "--export", str(d / "net.pt2")] + FAKE))
+    again = run_here({"again": ["retrain.py", "--arch", arch_file, "--weights", str(d / "whole" / "model.pt"),
+                                "--export", str(d / "net.pt2")] + FAKE})["again"]
     assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
 
 
