@@ -52,8 +52,11 @@ def invoke(script, argv):
     try:
         cli.run_cli(lambda: module.main())
         return 0
-    except SystemExit as e:
-        return e.code
+    except SystemExit as e:  # as the interpreter ends: None is 0, a message goes to stderr with 1
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 1
+        return e.code or 0
     finally:
         sys.argv = old
 
