@@ -258,9 +258,11 @@ def measure(nets, step, samples, warmup, mem_steps):
     fn = nets.super_weight if step == "weight" else nets.super_arch
     # untimed steps that together run every candidate in both networks: the kernels of each op shape and
     # memory format are chosen (cudnn.benchmark) or built (oneDNN primitives) before any timing
-    for s in covering_samples(nets.net, 1 if step == "weight" else 2):
-        fn(s)
-        nets.reference(step, s)[1]()
+    warm = covering_samples(nets.net, 1 if step == "weight" else 2)
+    for k, s in enumerate(warm):
+        seconds = timed(lambda: (fn(s), nets.reference(step, s)[1]()), nets.device)
+        if seconds > 5:  # said, as a first GPU step can take minutes (README, "On GPUs and ImageNet")
+            print(f"  warm-up of the {step} step, sample {k + 1}/{len(warm)}: {seconds:.1f} s", flush=True)
     times = {"super": [], "reference": []}
     for i, s in enumerate(samples):
         _, ref_fn = nets.reference(step, s)
