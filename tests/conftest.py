@@ -7,7 +7,6 @@ import subprocess
 import sys
 import traceback
 
-import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,29 +18,6 @@ from machinery import cli  # noqa: E402 (after the path above)
 # The tests use tiny tensors, where intra-op threads do not help; on a shared 2-core machine a
 # second OpenMP thread that loses its core stalls every op (measured: 0.2 s -> 16 s for one pass).
 torch.set_num_threads(1)
-
-
-def _run_clis(commands):
-    """Run several `python SCRIPT ARGS...` commands from the repo root at once.
-
-    commands: {name: [script, arg, ...]}. Returns {name: CompletedProcess}. The processes run
-    concurrently (each spends most of its time importing torch), which keeps the suite fast.
-    """
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
-    procs = {name: subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for name, argv in commands.items()}
-    results = {}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=120)
-        results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    return results
-
-
-@pytest.fixture(scope="session")
-def run_clis():
-    """The function _run_clis: {name: [script, args...]} -> {name: CompletedProcess}, run concurrently."""
-    return _run_clis
 
 
 def invoke(script, argv):
@@ -62,8 +38,8 @@ def invoke(script, argv):
 
 
 def run_here(commands):
-    """As _run_clis, in this process one after another (no torch import each): for command lines whose
-    checks and work need no process of their own. An exception that escapes is its traceback on stderr, exit 1."""
+    """{name: [script, arg, ...]} -> {name: CompletedProcess}: each command line run in this process, one after
+    another (no torch import each), from wherever pytest runs: for command lines that need no process of their own. An exception that escapes is its traceback on stderr, exit 1."""
     results = {}
     for name, (script, *argv) in commands.items():
         out, err = io.StringIO(), io.StringIO()
