@@ -101,7 +101,7 @@ def test_sampling_follows_softmax_alpha():
     assert len(set(two)) == 2  # two different candidates, without replacement
 
 
-@settings(max_examples=12, deadline=None)  # each case is 2,000 walks
+@settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**31 - 1))
 def test_sampled_paths_are_paths_drawn_by_p(seed):
     """--sample-path: a walk B_0 -> B_n over the connections; a hop i -> j is taken with probability p_ij (Eq. 3),
