@@ -6,9 +6,10 @@ signature "op/c_in/c_out/stride/resolution" a space can use (cost.space_signatur
 branches, basic-layer candidates with skip, the stem, B_0's fixed layer, the ending 1x1 convs,
 the classifier) is built alone, in eval mode with affine BN as in the derived network, and
 timed under torch.no_grad: `--warmup` untimed runs, then `--repeats` timed runs with the device
-synchronised, of which the table keeps the median in milliseconds (the arXiv text averages
-2000 runs; a median needs far fewer to be stable). The table has the format of cost.py, so
-`search.py --cost latency --lut FILE` can use it.
+synchronised, of which the median counts (the arXiv text averages 2000 runs; a median needs far
+fewer to be stable). Every operation is timed once in each of `--rounds` passes over them all,
+and the table keeps the least of its medians in milliseconds (see in_rounds). The table has the
+format of cost.py, so `search.py --cost latency --lut FILE` can use it.
 
     python latency.py --space mbv2 --device cuda --out lut.json      measure a table (resumable)
     python latency.py --arch FILE --device cuda [--lut lut.json]     whole network vs the table's sum
@@ -96,6 +97,20 @@ def time_ms(module, x, warmup, repeats):
     return statistics.median(times)
 
 
+def in_rounds(items, time_one, rounds):
+    """Time every item `rounds` times, in `rounds` passes over all of them; yield (k, item, times) after each
+    timing, the k-th of len(items) * rounds, where times is the item's list so far (complete at len == rounds).
+    Why passes: on a shared machine a 2-thread run is slowed in episodes of seconds to minutes (the host slows
+    one of the two cores, and every OpenMP barrier waits for it; the guest sees no load of its own). One network
+    measured 7.3 ms outside them and 13-15 ms inside, while 1 thread stayed at 11.7-12.7 ms throughout. Timings of one item spread over the passes let
+    the least of them (the caller's choice) stand for the device and not for whatever else the host ran."""
+    times = [[] for _ in items]
+    for r in range(rounds):
+        for i, item in enumerate(items):
+            times[i].append(time_one(item))
+            yield r * len(items) + i + 1, item, times[i]
+
+
 def op_latency(sig, act, dev, batch_size, warmup, repeats):
     """Latency of one signature: the op as the derived network builds it (affine BN, eval mode)."""
     op, c_in, c_out, stride, res = parse_signature(sig)
@@ -114,32 +129,37 @@ def slowest(costs, k=3):
     return ", ".join(f"{s} {c:.3f}ms" for s, c in top)
 
 
-def measure(sigs, costs, act, dev, batch_size, warmup, repeats, save=None, every=5.0):
-    """Fill costs[sig] for every sig of `sigs` not in costs; save(costs) every SAVE_EVERY ops.
-    Prints a progress line every `every` seconds: done/total, ops/s, ETA and the slowest ops."""
+def measure(sigs, costs, act, dev, batch_size, warmup, repeats, rounds=1, save=None, every=5.0):
+    """Fill costs[sig] for every sig of `sigs` not in costs with the least of its medians over `rounds` passes
+    (in_rounds); save(costs) every SAVE_EVERY ops completed. Prints a progress line every `every` seconds:
+    timings done/total, timings/s, ETA and the slowest ops so far."""
     todo = [s for s in sigs if s not in costs]
     random.Random(0).shuffle(todo)  # sorted, the widest ops come last and the ETA would run fast
-    done0 = len(sigs) - len(todo)
+    units, completed = len(todo) * rounds, 0
     t0 = last = time.time()
-    for k, s in enumerate(todo, start=1):
-        costs[s] = op_latency(s, act, dev, batch_size, warmup, repeats)
-        if save and k % SAVE_EVERY == 0:
-            save(costs)
+    for k, s, times in in_rounds(todo, lambda s: op_latency(s, act, dev, batch_size, warmup, repeats), rounds):
+        if len(times) == rounds:
+            costs[s], completed = min(times), completed + 1
+            if save and completed % SAVE_EVERY == 0:
+                save(costs)
         now = time.time()
-        if now - last >= every or k == len(todo):
+        if now - last >= every or k == units:
             last, rate = now, k / max(now - t0, 1e-9)
-            print(f"[{done0 + k}/{len(sigs)}] {rate:.1f} ops/s, ETA {runtime.fmt_time((len(todo) - k) / rate)}; "
+            print(f"[round {(k - 1) // max(len(todo), 1) + 1}/{rounds}, {k}/{units} timings, "
+                  f"{len(sigs) - len(todo) + completed}/{len(sigs)} ops done] {rate:.1f} timings/s, "
+                  f"ETA {runtime.fmt_time((units - k) / rate)}; "
                   f"slowest: {slowest({s: costs[s] for s in sigs if s in costs})}", flush=True)
     if save:
         save(costs)
     return costs
 
 
-def build_table(space, dev, device_name, out, batch_size=32, warmup=10, repeats=50, force=False, every=5.0):
+def build_table(space, dev, device_name, out, batch_size=32, warmup=10, repeats=50, rounds=3, force=False,
+                every=5.0):
     """Measure the latency table of `space` into `out`, reusing the entries of a compatible table there."""
     meta = table_meta(space, device=device_name, torch=torch.__version__, batch_size=batch_size,
                       threads=torch.get_num_threads() if dev.type == "cpu" else None,
-                      warmup=warmup, repeats=repeats)
+                      warmup=warmup, repeats=repeats, rounds=rounds)
     costs = {}
     if os.path.exists(out) and not force:
         old = load_table(out)
@@ -155,14 +175,14 @@ def build_table(space, dev, device_name, out, batch_size=32, warmup=10, repeats=
     todo = sum(s not in costs for s in sigs)
     print(f"latency table of '{space.name}' at {space.input_size}px, M={space.connect}, batch {batch_size} "
           f"on {device_name}: {len(sigs)} operations, {len(sigs) - todo} reused from {out}, "
-          f"measuring {todo} ({warmup} warm-up + {repeats} timed runs each)", flush=True)
+          f"measuring {todo} ({warmup} warm-up + {repeats} timed runs each, in {rounds} rounds)", flush=True)
 
     def save(c):
         meta["measured"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         save_json_atomic({"metric": "latency_ms", "meta": meta, "costs": dict(sorted(c.items()))}, out)
 
     try:
-        measure(sigs, costs, space.act, dev, batch_size, warmup, repeats, save, every)
+        measure(sigs, costs, space.act, dev, batch_size, warmup, repeats, rounds, save, every)
     except KeyboardInterrupt:  # keep what was measured; the same command resumes from it
         save(costs)
         print(f"interrupted: saved {sum(s in costs for s in sigs)}/{len(sigs)} operations to {out}; "
@@ -196,18 +216,20 @@ def check_arch_table(table, arch, batch_size, path):
                          f"not {batch_size} (pass --batch-size {meta.get('batch_size')})")
 
 
-def compare_arch(arch, dev, device_name, batch_size, warmup, repeats, table=None, every=5.0):
-    """End-to-end latency of retrain.ArchNet(arch) beside cost.arch_cost (the sum of its ops' latencies)."""
+def compare_arch(arch, dev, device_name, batch_size, warmup, repeats, rounds=3, table=None, every=5.0):
+    """End-to-end latency of retrain.ArchNet(arch) beside cost.arch_cost (the sum of its ops' latencies): the
+    least median of `rounds`, as the table keeps."""
     if table is None:  # the arch's own operations, measured now
         sigs = sorted(set(arch_signatures(arch)))
         print(f"measuring the arch's {len(sigs)} distinct operations at batch {batch_size} on {device_name}",
               flush=True)
-        costs = measure(sigs, {}, SPACES[arch["space"]].act, dev, batch_size, warmup, repeats, every=every)
+        costs = measure(sigs, {}, SPACES[arch["space"]].act, dev, batch_size, warmup, repeats, rounds, every=every)
         table = {"metric": "latency_ms", "meta": {"batch_size": batch_size, "device": device_name}, "costs": costs}
     predicted = arch_cost(arch, table)
     net = ArchNet(arch).to(dev).eval()
     r = arch["input_size"]
-    measured = time_ms(net, torch.randn(batch_size, arch["in_channels"], r, r, device=dev), warmup, repeats)
+    x = torch.randn(batch_size, arch["in_channels"], r, r, device=dev)
+    measured = min(time_ms(net, x, warmup, repeats) for _ in range(rounds))
     return {"measured_ms": measured, "predicted_ms": predicted, "ratio": predicted / measured,
             "batch_size": batch_size, "device": device_name}
 
@@ -227,6 +249,9 @@ def main():
     ap.add_argument("--warmup", type=integer(0, 10**5), default=10, help="untimed runs before timing (default 10)")
     ap.add_argument("--repeats", type=integer(1, 10**5), default=50,
                     help="timed runs per operation, median kept (default 50; the arXiv text averages 2000)")
+    ap.add_argument("--rounds", type=integer(1, 100), default=3,
+                    help="passes over all the operations, the least median kept (default 3): a shared machine's "
+                         "other load comes in episodes that one pass can fall into")
     ap.add_argument("--threads", type=integer(1, 1024), default=None, help="torch CPU threads (default: torch's own)")
     ap.add_argument("--force", action="store_true", help="overwrite an --out table measured with other settings")
     ap.add_argument("--arch", help="time this derived network end to end and compare it with the table's sum")
@@ -251,7 +276,8 @@ def time_arch(args):
     dev, device_name = get_device(args.device, args.threads)
     if table is not None and table["meta"].get("device") != device_name:
         print(f"note: {args.lut} was measured on {table['meta'].get('device')}, this run is on {device_name}")
-    res = compare_arch(arch, dev, device_name, args.batch_size, args.warmup, args.repeats, table, args.progress)
+    res = compare_arch(arch, dev, device_name, args.batch_size, args.warmup, args.repeats, args.rounds, table,
+                       args.progress)
     print(f"{args.arch}: measured {res['measured_ms']:.3f} ms end to end, the table predicts "
           f"{res['predicted_ms']:.3f} ms (sum of {len(arch_signatures(arch))} operations), "
           f"ratio {res['ratio']:.3f}")
@@ -270,7 +296,7 @@ def measure_table(args):
     dev, device_name = get_device(args.device, args.threads)
     t0 = time.time()
     table = build_table(space, dev, device_name, args.out, args.batch_size, args.warmup, args.repeats,
-                        args.force, args.progress)
+                        args.rounds, args.force, args.progress)
     print(f"wrote {args.out}: {len(table['costs'])} operations in {time.time() - t0:.1f}s; "
           f"slowest: {slowest(table['costs'])}")
 

@@ -3,11 +3,12 @@
 Architectures of the table's space, spread evenly over its FLOPs range (--archs N, drawn uniformly as the
 random search draws them), and any derived networks given (--arch, e.g. the searched ones), are each built as the
 derived network (retrain.ArchNet, eval mode, affine BN) and timed end to end on the device the table was measured
-on, with the table's own batch size, threads, warm-up and repeats (latency.time_ms: the median of synchronised
-runs). Each is compared with the table's prediction, the sum of its operations' entries (cost.arch_cost):
-Pearson r and Kendall tau (with bootstrap 95% intervals), the mean absolute percentage error and the mean ratio
-predicted / measured. OUT/fidelity.jsonl holds one record per network (a rerun with the same OUT times only the
-networks not yet there), OUT/fidelity.json the figures, OUT/fidelity.svg the scatter.
+on, with the table's own batch size, threads, warm-up, repeats and rounds (latency.in_rounds: every network timed
+once in each pass over them all, the least of its medians kept, as the table keeps for each operation). Each is
+compared with the table's prediction, the sum of its operations' entries (cost.arch_cost): Pearson r and Kendall
+tau (with bootstrap 95% intervals), the mean absolute percentage error and the mean ratio predicted / measured.
+OUT/fidelity.jsonl holds one record per network (a rerun with the same OUT times only the networks not yet
+there), OUT/fidelity.json the figures, OUT/fidelity.svg the scatter.
 
     python latency.py --space mini --input-size 28 --in-channels 1 --num-classes 10 --threads 2 --out lut.json
     python -m studies fidelity --lut lut.json --archs 40 --arch runs/laptop/arch.json --out runs/fidelity
@@ -19,7 +20,7 @@ import time
 import torch
 
 from cost import arch_cost
-from latency import check_arch_table, get_device, time_ms
+from latency import check_arch_table, get_device, in_rounds, time_ms
 from machinery import cli, runtime
 from machinery.cli import ArgumentParser, UsageError, integer
 from machinery.draw import scatter_svg
@@ -68,6 +69,8 @@ def main(argv=None):
     ap.add_argument("--pool", type=integer(1, 10**6), default=4000, help="random draws the spread is chosen from "
                                                                          "(default 4000)")
     ap.add_argument("--seed", type=integer(0, 2**63 - 1), default=0, help="seed of the random draws (default 0)")
+    ap.add_argument("--rounds", type=integer(1, 100), default=None,
+                    help="passes over all the networks, the least median kept (default: the table's own rounds)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:k]: the table's device (default cpu)")
     ap.add_argument("--out", default=os.path.join("runs", "fidelity"), help="output folder (default runs/fidelity)")
     ap.add_argument("--progress", type=float, default=30.0, help="seconds between progress lines (default 30)")
@@ -86,22 +89,30 @@ def main(argv=None):
     path = os.path.join(args.out, RECORDS)
     done = {r["id"]: r for r in (cli.read_log(path) if os.path.exists(path) else [])}
     todo = [(i, a) for i, a in nets if i not in done]
+    rounds = args.rounds or meta.get("rounds", 1)
     print(f"{len(nets)} networks of '{meta['space']}' on {device_name} (batch {meta['batch_size']}, "
-          f"{meta.get('threads')} threads, {meta['warmup']} warm-up + {meta['repeats']} timed runs, median); "
-          f"{len(nets) - len(todo)} already in {path}", flush=True)
-    t0 = last = time.time()
+          f"{meta.get('threads')} threads, {meta['warmup']} warm-up + {meta['repeats']} timed runs, median; "
+          f"{rounds} rounds, least median); {len(nets) - len(todo)} already in {path}", flush=True)
     r_in = meta["input_size"]
-    for k, (nid, arch) in enumerate(todo, start=1):
-        net = ArchNet(arch).to(dev).eval()
-        x = torch.randn(meta["batch_size"], arch["in_channels"], r_in, r_in, device=dev)
-        rec = {"id": nid, "flops": arch_cost(arch, {"metric": "flops", "costs": {}}),
-               "predicted_ms": arch_cost(arch, table), "measured_ms": time_ms(net, x, meta["warmup"], meta["repeats"])}
-        cli.append_line(path, rec)
-        done[nid] = rec
-        if time.time() - last >= args.progress or k == len(todo):
+
+    def time_one(item):
+        net = ArchNet(item[1]).to(dev).eval()
+        x = torch.randn(meta["batch_size"], item[1]["in_channels"], r_in, r_in, device=dev)
+        return time_ms(net, x, meta["warmup"], meta["repeats"])
+
+    t0 = last = time.time()
+    units = len(todo) * rounds
+    for k, (nid, arch), times in in_rounds(todo, time_one, rounds):
+        if len(times) == rounds:
+            rec = {"id": nid, "flops": arch_cost(arch, {"metric": "flops", "costs": {}}),
+                   "predicted_ms": arch_cost(arch, table), "measured_ms": min(times), "rounds_ms": list(times)}
+            cli.append_line(path, rec)
+            done[nid] = rec
+        if time.time() - last >= args.progress or k == units:
             last, rate = time.time(), k / (time.time() - t0)
-            print(f"[{k}/{len(todo)}] {rate:.2f} networks/s, ETA {runtime.fmt_time((len(todo) - k) / rate)}; "
-                  f"{nid}: predicted {rec['predicted_ms']:.2f} ms, measured {rec['measured_ms']:.2f} ms", flush=True)
+            print(f"[{k}/{units} timings, round {(k - 1) // len(todo) + 1}/{rounds}] {rate:.2f} timings/s, "
+                  f"ETA {runtime.fmt_time((units - k) / rate)}; {nid}: predicted {arch_cost(arch, table):.2f} ms, "
+                  f"measured {', '.join(f'{t:.2f}' for t in times)} ms", flush=True)
     records = [done[i] for i, _ in nets]
     result = {"lut": os.path.abspath(args.lut), "device": device_name, **summary(records)}
     cli.save_json_atomic(result, os.path.join(args.out, "fidelity.json"))

@@ -9,6 +9,8 @@ import math
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 
@@ -242,7 +244,7 @@ def test_bad_input_one_line(clis, name):
 
 def test_fidelity_times_spread_and_given_networks_and_resumes(lut, arch_file, tmp_path, capsys):
     """python -m studies fidelity: every network (N spread over the FLOPs range and the arch files given) is timed
-    once on the table's settings and predicted by the table's sum; a rerun with the same OUT times none again; a
+    in the table's rounds on its settings, the least median kept, and predicted by the table's sum; a rerun with the same OUT times none again; a
     FLOPs table is refused in one line."""
     from studies import fidelity
     path, table = lut
@@ -260,6 +262,8 @@ def test_fidelity_times_spread_and_given_networks_and_resumes(lut, arch_file, tm
     assert [r["id"] for r in records] == [f"random-{k}" for k in range(4)] + [os.path.abspath(arch_file)]
     assert math.isclose(records[-1]["predicted_ms"], cost.arch_cost(arch, table))
     assert all(r["measured_ms"] > 0 for r in records) and len({r["flops"] for r in records}) >= 4
+    assert all(len(r["rounds_ms"]) == table["meta"]["rounds"] == 3 and r["measured_ms"] == min(r["rounds_ms"])
+               for r in records)
     res = json.loads((out / "fidelity.json").read_text())
     assert res["networks"] == 5 and -1 <= res["pearson"]["value"] <= 1 and res["mape_percent"] >= 0
     assert (out / "fidelity.svg").read_text().startswith("<svg")
@@ -282,3 +286,34 @@ def test_timed_in_channels_last():
     assert latency.time_ms(Probe(3, 8, 3), torch.randn(2, 3, 8, 8), warmup=1, repeats=2) > 0
     assert seen == [(True, True)] * 3
     assert latency.time_ms(torch.nn.Linear(4, 2), torch.randn(2, 4), warmup=1, repeats=2) > 0
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(0, 6), rounds=st.integers(1, 4), data=st.data())
+def test_in_rounds_passes_over_all_items(n, rounds, data):
+    """in_rounds times item i once per pass, all items in each pass before the next, and each yield carries that
+    item's timings so far: the spread in time that lets the least median stand for the device."""
+    values = data.draw(st.lists(st.floats(0, 100), min_size=n * rounds, max_size=n * rounds))
+    feed = iter(values)
+    got = [(k, item, list(times)) for k, item, times in latency.in_rounds(list(range(n)), lambda i: next(feed), rounds)]
+    assert [k for k, _, _ in got] == list(range(1, n * rounds + 1))
+    assert [item for _, item, _ in got] == list(range(n)) * rounds
+    for r in range(rounds):
+        for i in range(n):
+            assert got[r * n + i][2] == [values[q * n + i] for q in range(r + 1)]
+
+
+def test_table_keeps_the_least_median_of_its_rounds(toy, monkeypatch, tmp_path):
+    """build_table: every op timed once per round, the table holds the least; an episode of load in one round
+    (here the second, 10x slower) leaves no trace."""
+    calls = {}
+
+    def scripted(sig, *a):
+        calls[sig] = calls.get(sig, 0) + 1
+        return {1: 2.0, 2: 20.0, 3: 1.5}[calls[sig]]
+    monkeypatch.setattr(latency, "op_latency", scripted)
+    dev, name = latency.get_device("cpu")
+    out = str(tmp_path / "t.json")
+    table = latency.build_table(toy, dev, name, out, **SETTINGS)
+    assert set(calls.values()) == {3} and set(table["costs"].values()) == {1.5}
+    assert cli.load_table(out)["meta"]["rounds"] == 3
