@@ -248,6 +248,25 @@ class CostModel:
         fn = {"chained": chained_cost, "local": local_cost}[estimator]
         return fn(*self.terms(alphas, p, samples))
 
+    def extremes(self):
+        """The least and the most that a network of the space costs: a path B_0 -> B_n with one candidate per layer
+        of its blocks, priced as a derived network (skip_price=0). Algorithm 1's recursion over the blocks, with the
+        cheapest (dearest) predecessor in place of the most probable."""
+        block = [[f, f] for f in self.fixed]
+        head = {}
+        for slot, row in zip(self.space.slots, self.rows):
+            if slot.edge:
+                head[slot.edge] = row
+            else:
+                block[slot.block][0] += min(row)
+                block[slot.block][1] += max(row)
+        least, most = [self.fixed[0]], [self.fixed[0]]
+        for i in range(1, self.space.n + 1):
+            into = [j for j, b in self.edges if b == i]
+            least.append(min(least[j] + min(head[j, i]) for j in into) + block[i][0])
+            most.append(max(most[j] + max(head[j, i]) for j in into) + block[i][1])
+        return least[-1], most[-1]
+
 
 def arch_cost(arch, table):
     """The exact cost of a derived architecture: the sum of its operations' table costs."""

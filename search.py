@@ -326,7 +326,9 @@ def accuracy(logits, y):
 def search_worker(proc, args):
     data = options.search_data(args)
     space = options.search_space(args, data)
-    search = Search(proc, args, data, space, options.cost_table(args, space, proc))
+    table = options.cost_table(args, space, proc)
+    options.check_target(args, space, table, TARGET_TOLERANCE)  # a table the run measured itself: checked only now
+    search = Search(proc, args, data, space, table)
     ck_path, log_path = os.path.join(args.out, cli.CHECKPOINT), os.path.join(args.out, cli.SEARCH_LOG)
     if args.resume and os.path.exists(ck_path):
         search.load(cli.load_checkpoint(ck_path))
@@ -403,7 +405,7 @@ def main(argv=None):
     """Everything that can be refused is refused before OUT is written; then every process searches, and with
     --preset the derived network is retrained and tested (machinery/report.py)."""
     args = parse_args(argv)
-    options.check_search(args)
+    options.check_search(args, TARGET_TOLERANCE)
     cli.begin_run(args)
     runtime.launch(search_worker, args)
     if args.preset:

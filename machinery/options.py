@@ -7,7 +7,7 @@ import os
 import sys
 
 import latency
-from cost import check_table, flops_table
+from cost import CostModel, check_table, flops_table
 from machinery import cli, runtime
 from machinery.cli import SEED, ArgumentParser, UsageError, integer, number
 from machinery.data import load_data
@@ -183,14 +183,32 @@ def cost_table(args, space, proc=None):
     return table
 
 
-def check_search(args):
-    """Everything that can be refused is refused here, before anything is written to OUT. Returns the space."""
+def check_target(args, space, table, tolerance):
+    """Refuse a --target-* whose window (target within `tolerance`) no network of the space reaches by `table`."""
+    target = args.target_flops if table["metric"] == "flops" else args.target_latency
+    if not target:
+        return
+    least, most = CostModel(space, table, skip_price=0).extremes()
+    if target * (1 + tolerance) < least or target * (1 - tolerance) > most:
+        if table["metric"] == "flops":
+            given, reach = f"--target-flops {target / 1e6:g}M", f"{least / 1e6:.2f}-{most / 1e6:.2f}M FLOPs"
+        else:
+            given, reach = f"--target-latency {target:g}", f"{least:.2f}-{most:.2f} ms"
+        raise UsageError(f"{given}: no network of '{space.name}' comes within {tolerance:.0%} of it; by this cost "
+                         f"table its networks cost {reach}")
+
+
+def check_search(args, tolerance=None):
+    """Everything that can be refused is refused here, before anything is written to OUT. Returns the space.
+    tolerance: the derivation's window around --target-* (search.py), refused if out of the space's reach."""
     runtime.check_devices(args)
     cli.check_folder(args.out, args.resume)
     data = search_data(args, before_run=True)
     runtime.check_batch_fits(args.batch_size, {"train split": len(data.train), "val split": len(data.val)})
     space = search_space(args, data)
-    cost_table(args, space)
+    table = cost_table(args, space)
+    if table is not None and tolerance is not None:
+        check_target(args, space, table, tolerance)
     if args.cost == "flops" and args.space == "mbv2" and not args.random:
         print("cost: FLOPs, as no latency table is given (the paper searches this space on GPU latency, Sec. 4.1; "
               "on CUDA this search measures one, or pass --lut FILE or --cost latency)", flush=True)

@@ -243,6 +243,8 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys):
         Image.new("RGB", (8, 8), (k, k, k)).save(one_class / "train" / "only" / f"{k}.png")
     lut = tmp_path / "lut28.json"
     save_json_atomic(dict(flops_table(get_space("toy", 28, 3, 10)), metric="latency_ms"), lut)
+    lut16 = tmp_path / "lut16.json"  # FLOPs read as milliseconds: the toy networks 'cost' ~1e6 ms
+    save_json_atomic(dict(flops_table(get_space("toy", 16, 3, 10)), metric="latency_ms"), lut16)
     cases = {
         "space": (toy(space="nope"), fresh, "nope"),
         "data": (toy(data=str(tmp_path / "missing")), fresh, "missing"),
@@ -255,6 +257,8 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys):
         "flag": (TOY + ["--no-such-flag"], fresh, "--no-such-flag"),
         "two targets": (TOY + ["--target-flops", "1M", "--target-latency", "2"], fresh, "not both"),
         "other target": (TOY + ["--cost", "flops", "--target-latency", "2"], fresh, "--target-flops"),
+        "flops out of reach": (TOY + ["--target-flops", "1G"], fresh, "no network of 'toy' comes within 10%"),
+        "latency out of reach": (TOY + ["--lut", str(lut16), "--target-latency", "2"], fresh, "its networks cost"),
     }
     for name, (argv, out, says) in cases.items():
         before = snapshot(out)

@@ -273,3 +273,16 @@ def test_derive_within_an_unbounded_window_is_derive(space, seed):
     alphas, p = viterbi.random_arch_params(space, torch.Generator().manual_seed(seed))
     prices = CostModel(space, flops_table(space), skip_price=0)
     assert viterbi.derive_within(space, alphas, p, prices, 0.0, math.inf)[0] == viterbi.derive(space, alphas, p)
+
+
+@settings(max_examples=25, deadline=None)
+@given(spaces(), st.integers(0, 2**16))
+def test_cost_extremes_are_the_cheapest_and_dearest_networks(space, seed):
+    """CostModel.extremes against every network of small random spaces: the least and the most of their costs
+    (which --target-flops and --target-latency are checked against before a search)."""
+    from cost import CostModel, flops_table
+    assume(network_count(space) <= 600)
+    alphas, p = viterbi.random_arch_params(space, torch.Generator().manual_seed(seed))
+    costs = [c for _, c, _ in every_network(space, alphas, p)]
+    least, most = CostModel(space, flops_table(space), skip_price=0).extremes()
+    assert least == pytest.approx(min(costs), rel=1e-12) and most == pytest.approx(max(costs), rel=1e-12)
