@@ -249,9 +249,9 @@ class CostModel:
         return fn(*self.terms(alphas, p, samples))
 
     def extremes(self):
-        """The least and the most that a network of the space costs: a path B_0 -> B_n with one candidate per layer
-        of its blocks, priced as a derived network (skip_price=0). Algorithm 1's recursion over the blocks, with the
-        cheapest (dearest) predecessor in place of the most probable."""
+        """The least and the most that a network of the space costs by this model: a path B_0 -> B_n with one
+        candidate per layer of its blocks (a derived network's cost on a model with skip_price=0). Algorithm 1's
+        recursion over the blocks, with the cheapest (dearest) predecessor in place of the most probable."""
         block = [[f, f] for f in self.fixed]
         head = {}
         for slot, row in zip(self.space.slots, self.rows):

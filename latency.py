@@ -20,6 +20,7 @@ other settings is never overwritten unless --force is given.
 """
 import datetime
 import json
+import math
 import os
 import platform
 import random
@@ -37,8 +38,10 @@ from retrain import ArchNet
 from supernet import SPACES, arch_signatures, get_space, init_weights, make_op
 
 # the meta fields a resumed table must share with the run that continues it
-SAME = ("space", "input_size", "in_channels", "num_classes", "connect", "batch_size", "device", "threads")
+SAME = ("space", "input_size", "in_channels", "num_classes", "connect", "batch_size", "device", "threads",
+        "warmup", "repeats", "rounds")
 SAVE_EVERY = 20  # operations between saves of a table being measured
+ROUNDS = 3  # passes over all the operations by default (in_rounds)
 RUN_TABLE = "latency_table.json"  # what a search with --cost latency and no --lut measures into its folder
 
 
@@ -97,18 +100,24 @@ def time_ms(module, x, warmup, repeats):
     return statistics.median(times)
 
 
-def in_rounds(items, time_one, rounds):
-    """Time every item `rounds` times, in `rounds` passes over all of them; yield (k, item, times) after each
-    timing, the k-th of len(items) * rounds, where times is the item's list so far (complete at len == rounds).
+def in_rounds(items, time_one, rounds, so_far=None):
+    """Time every item until it has `rounds` timings, in passes over all of them: pass r times each item that has
+    fewer than r + 1. so_far: the timings each item already has (a resumed run), in the order of items. Yields
+    (k, item, times) after each timing, the k-th of this call's sum(rounds - len(so_far[i])), where times is the
+    item's list so far (complete at len == rounds).
     Why passes: on a shared machine a 2-thread run is slowed in episodes of seconds to minutes (the host slows
     one of the two cores, and every OpenMP barrier waits for it; the guest sees no load of its own). One network
-    measured 7.3 ms outside them and 13-15 ms inside, while 1 thread stayed at 11.7-12.7 ms throughout. Timings of one item spread over the passes let
-    the least of them (the caller's choice) stand for the device and not for whatever else the host ran."""
-    times = [[] for _ in items]
+    measured 7.3 ms outside them and 13-15 ms inside, while 1 thread stayed at 11.7-12.7 ms throughout. Timings
+    of one item spread over the passes let the least of them (the caller's choice) stand for the device and not
+    for whatever else the host ran."""
+    times = [list(t) for t in so_far] if so_far is not None else [[] for _ in items]
+    k = 0
     for r in range(rounds):
         for i, item in enumerate(items):
-            times[i].append(time_one(item))
-            yield r * len(items) + i + 1, item, times[i]
+            if len(times[i]) <= r:
+                times[i].append(time_one(item))
+                k += 1
+                yield k, item, times[i]
 
 
 def op_latency(sig, act, dev, batch_size, warmup, repeats):
@@ -124,69 +133,86 @@ def op_latency(sig, act, dev, batch_size, warmup, repeats):
 # ----------------------------------------------------------------------------------------
 # Measuring a table, resumably
 
+def valid_timings(times, rounds):
+    """Whether a resumed table's unfinished timings can be kept: fewer than `rounds` finite milliseconds > 0."""
+    return isinstance(times, list) and len(times) < rounds and all(
+        isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0 for t in times)
+
+
 def slowest(costs, k=3):
     top = sorted(costs.items(), key=lambda kv: -kv[1])[:k]
     return ", ".join(f"{s} {c:.3f}ms" for s, c in top)
 
 
-def measure(sigs, costs, act, dev, batch_size, warmup, repeats, rounds=1, save=None, every=5.0):
+def measure(sigs, costs, act, dev, batch_size, warmup, repeats, rounds=1, save=None, every=5.0, partial=None):
     """Fill costs[sig] for every sig of `sigs` not in costs with the least of its medians over `rounds` passes
-    (in_rounds); save(costs) every SAVE_EVERY ops completed. Prints a progress line every `every` seconds:
-    timings done/total, timings/s, ETA and the slowest ops so far."""
+    (in_rounds). partial: {sig: timings so far} of ops not yet complete, resumed and kept up to date; save(costs,
+    partial) every SAVE_EVERY timings. Prints a progress line every `every` seconds: the pass, timings done/total,
+    timings/s, ETA and the slowest ops so far."""
+    partial = {} if partial is None else partial
     todo = [s for s in sigs if s not in costs]
     random.Random(0).shuffle(todo)  # sorted, the widest ops come last and the ETA would run fast
-    units, completed = len(todo) * rounds, 0
+    so_far = [partial.get(s, [])[:rounds] for s in todo]
+    units = sum(rounds - len(t) for t in so_far)
     t0 = last = time.time()
-    for k, s, times in in_rounds(todo, lambda s: op_latency(s, act, dev, batch_size, warmup, repeats), rounds):
+    for k, s, times in in_rounds(todo, lambda s: op_latency(s, act, dev, batch_size, warmup, repeats), rounds,
+                                 so_far):
         if len(times) == rounds:
-            costs[s], completed = min(times), completed + 1
-            if save and completed % SAVE_EVERY == 0:
-                save(costs)
+            costs[s] = min(times)
+            partial.pop(s, None)
+        else:
+            partial[s] = list(times)
+        if save and k % SAVE_EVERY == 0:
+            save(costs, partial)
         now = time.time()
         if now - last >= every or k == units:
             last, rate = now, k / max(now - t0, 1e-9)
-            print(f"[round {(k - 1) // max(len(todo), 1) + 1}/{rounds}, {k}/{units} timings, "
-                  f"{len(sigs) - len(todo) + completed}/{len(sigs)} ops done] {rate:.1f} timings/s, "
-                  f"ETA {runtime.fmt_time((units - k) / rate)}; "
-                  f"slowest: {slowest({s: costs[s] for s in sigs if s in costs})}", flush=True)
+            least = {s: costs[s] if s in costs else min(partial[s]) for s in sigs if s in costs or s in partial}
+            print(f"[pass {len(times)}/{rounds}, {k}/{units} timings, {sum(s in costs for s in sigs)}/{len(sigs)} "
+                  f"ops done] {rate:.1f} timings/s, ETA {runtime.fmt_time((units - k) / rate)}; "
+                  f"slowest: {slowest(least)}", flush=True)
     if save:
-        save(costs)
+        save(costs, partial)
     return costs
 
 
-def build_table(space, dev, device_name, out, batch_size=32, warmup=10, repeats=50, rounds=3, force=False,
+def build_table(space, dev, device_name, out, batch_size=32, warmup=10, repeats=50, rounds=ROUNDS, force=False,
                 every=5.0):
     """Measure the latency table of `space` into `out`, reusing the entries of a compatible table there."""
     meta = table_meta(space, device=device_name, torch=torch.__version__, batch_size=batch_size,
                       threads=torch.get_num_threads() if dev.type == "cpu" else None,
                       warmup=warmup, repeats=repeats, rounds=rounds)
-    costs = {}
+    costs, partial = {}, {}
     if os.path.exists(out) and not force:
         old = load_table(out)
-        diff = [k for k in SAME if old["meta"].get(k) != meta[k]]
+        diff = [k for k in SAME if old["meta"].get(k, 1 if k == "rounds" else None) != meta[k]]  # (tables had 1)
         if old["metric"] != "latency_ms" or diff:
             what = "metric" if old["metric"] != "latency_ms" else diff[0]
-            have = old["metric"] if what == "metric" else old["meta"].get(what)
+            have = old["metric"] if what == "metric" else old["meta"].get(what, 1 if what == "rounds" else None)
             want = "latency_ms" if what == "metric" else meta[what]
             raise UsageError(f"{out} holds a table with {what}={have}, not {want}; "
                              f"choose another --out or pass --force to overwrite it")
         costs = {s: float(c) for s, c in old["costs"].items()}  # load_table refused any but finite costs >= 0
+        partial = {s: t for s, t in old.get("partial", {}).items() if s not in costs and valid_timings(t, rounds)}
     sigs = space_signatures(space)
     todo = sum(s not in costs for s in sigs)
     print(f"latency table of '{space.name}' at {space.input_size}px, M={space.connect}, batch {batch_size} "
           f"on {device_name}: {len(sigs)} operations, {len(sigs) - todo} reused from {out}, "
-          f"measuring {todo} ({warmup} warm-up + {repeats} timed runs each, in {rounds} rounds)", flush=True)
+          f"measuring {todo} ({warmup} warm-up + {repeats} timed runs each, in {rounds} passes; "
+          f"{sum(map(len, partial.values()))} timings of them reused)", flush=True)
 
-    def save(c):
+    def save(c, part):  # the timings of unfinished ops ride along, so an interrupted table resumes mid-pass
         meta["measured"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        save_json_atomic({"metric": "latency_ms", "meta": meta, "costs": dict(sorted(c.items()))}, out)
+        save_json_atomic({"metric": "latency_ms", "meta": meta, "costs": dict(sorted(c.items()))}
+                         | ({"partial": dict(sorted(part.items()))} if part else {}), out)
 
     try:
-        measure(sigs, costs, space.act, dev, batch_size, warmup, repeats, rounds, save, every)
+        measure(sigs, costs, space.act, dev, batch_size, warmup, repeats, rounds, save, every, partial)
     except KeyboardInterrupt:  # keep what was measured; the same command resumes from it
-        save(costs)
-        print(f"interrupted: saved {sum(s in costs for s in sigs)}/{len(sigs)} operations to {out}; "
-              f"run the same command to resume", file=sys.stderr)
+        save(costs, partial)
+        print(f"interrupted: saved {sum(s in costs for s in sigs)}/{len(sigs)} operations and "
+              f"{sum(map(len, partial.values()))} timings of others to {out}; run the same command to resume",
+              file=sys.stderr)
         sys.exit(130)
     return {"metric": "latency_ms", "meta": meta, "costs": costs}
 
@@ -194,10 +220,11 @@ def build_table(space, dev, device_name, out, batch_size=32, warmup=10, repeats=
 def run_table(space, device, path, every=5.0):
     """The latency table of a search run with --cost latency and no --lut (the default for mbv2 on CUDA, Sec. 4.1),
     measured on the run's own device as supplement A.1 does (batch 32): rank 0 measures it into `path` (OUT/
-    latency_table.json) while the other ranks wait at a barrier; a resumed run finds it complete and measures
-    nothing."""
+    latency_table.json) while the other ranks wait at a barrier; a resumed run continues it with the passes it
+    was begun with, or finds it complete and measures nothing."""
     if runtime.rank() == 0:
-        build_table(space, *get_device(str(device)), path, every=every)
+        rounds = load_table(path)["meta"].get("rounds", 1) if os.path.exists(path) else ROUNDS
+        build_table(space, *get_device(str(device)), path, rounds=rounds, every=every)
     runtime.barrier()
 
 
@@ -216,9 +243,10 @@ def check_arch_table(table, arch, batch_size, path):
                          f"not {batch_size} (pass --batch-size {meta.get('batch_size')})")
 
 
-def compare_arch(arch, dev, device_name, batch_size, warmup, repeats, rounds=3, table=None, every=5.0):
+def compare_arch(arch, dev, device_name, batch_size, warmup, repeats, rounds=ROUNDS, table=None, every=5.0):
     """End-to-end latency of retrain.ArchNet(arch) beside cost.arch_cost (the sum of its ops' latencies): the
-    least median of `rounds`, as the table keeps."""
+    least median of `rounds` timings back to back (one network has no other items to spread its rounds over;
+    studies/fidelity.py times many networks in passes, as the table does)."""
     if table is None:  # the arch's own operations, measured now
         sigs = sorted(set(arch_signatures(arch)))
         print(f"measuring the arch's {len(sigs)} distinct operations at batch {batch_size} on {device_name}",
@@ -249,9 +277,10 @@ def main():
     ap.add_argument("--warmup", type=integer(0, 10**5), default=10, help="untimed runs before timing (default 10)")
     ap.add_argument("--repeats", type=integer(1, 10**5), default=50,
                     help="timed runs per operation, median kept (default 50; the arXiv text averages 2000)")
-    ap.add_argument("--rounds", type=integer(1, 100), default=3,
-                    help="passes over all the operations, the least median kept (default 3): a shared machine's "
-                         "other load comes in episodes that one pass can fall into")
+    ap.add_argument("--rounds", type=integer(1, 100), default=ROUNDS,
+                    help=f"passes over all the operations, the least median kept (default {ROUNDS}): on a shared "
+                         "machine the host's other load comes in episodes that one pass can fall into; with --arch, "
+                         "timings of the network back to back")
     ap.add_argument("--threads", type=integer(1, 1024), default=None, help="torch CPU threads (default: torch's own)")
     ap.add_argument("--force", action="store_true", help="overwrite an --out table measured with other settings")
     ap.add_argument("--arch", help="time this derived network end to end and compare it with the table's sum")

@@ -327,7 +327,7 @@ def search_worker(proc, args):
     data = options.search_data(args)
     space = options.search_space(args, data)
     table = options.cost_table(args, space, proc)
-    options.check_target(args, space, table, TARGET_TOLERANCE)  # a table the run measured itself: checked only now
+    options.check_target(args, space, table, TARGET_TOLERANCE, quiet=not proc.main)  # a table it measured: only now
     search = Search(proc, args, data, space, table)
     ck_path, log_path = os.path.join(args.out, cli.CHECKPOINT), os.path.join(args.out, cli.SEARCH_LOG)
     if args.resume and os.path.exists(ck_path):

@@ -183,13 +183,17 @@ def cost_table(args, space, proc=None):
     return table
 
 
-def check_target(args, space, table, tolerance):
-    """Refuse a --target-* whose window (target within `tolerance`) no network of the space reaches by `table`."""
+def check_target(args, space, table, tolerance, quiet=False):
+    """Refuse a --target-* whose window (target within `tolerance`) lies outside the range of what the space's
+    networks cost by `table`, from the cheapest to the dearest (a window inside it may still fall in a gap between
+    two networks: the derivation then takes the nearest). quiet: exit 2 without the line (the other ranks)."""
     target = args.target_flops if table["metric"] == "flops" else args.target_latency
     if not target:
         return
     least, most = CostModel(space, table, skip_price=0).extremes()
     if target * (1 + tolerance) < least or target * (1 - tolerance) > most:
+        if quiet:
+            raise SystemExit(2)
         if table["metric"] == "flops":
             given, reach = f"--target-flops {target / 1e6:g}M", f"{least / 1e6:.2f}-{most / 1e6:.2f}M FLOPs"
         else:

@@ -7,12 +7,15 @@ on, with the table's own batch size, threads, warm-up, repeats and rounds (laten
 once in each pass over them all, the least of its medians kept, as the table keeps for each operation). Each is
 compared with the table's prediction, the sum of its operations' entries (cost.arch_cost): Pearson r and Kendall
 tau (with bootstrap 95% intervals), the mean absolute percentage error and the mean ratio predicted / measured.
-OUT/fidelity.jsonl holds one record per network (a rerun with the same OUT times only the networks not yet
-there), OUT/fidelity.json the figures, OUT/fidelity.svg the scatter.
+OUT/timings.jsonl keeps every timing as it is taken (a rerun with the same OUT takes only the timings not yet
+there, so a stopped run resumes mid-pass); once all are taken, OUT/fidelity.jsonl holds one record per network
+(its medians in rounds_ms, the least in measured_ms), OUT/fidelity.json the figures, OUT/fidelity.svg the scatter.
 
     python latency.py --space mini --input-size 28 --in-channels 1 --num-classes 10 --threads 2 --out lut.json
     python -m studies fidelity --lut lut.json --archs 40 --arch runs/laptop/arch.json --out runs/fidelity
 """
+import json
+import math
 import os
 import statistics
 import time
@@ -29,7 +32,23 @@ from studies.ground_truth import spread_over_flops
 from studies.stats import bootstrap_interval, kendall, pearson
 from supernet import arch_signatures, get_space
 
-RECORDS = "fidelity.jsonl"
+RECORDS = "fidelity.jsonl"  # one record per network, written when all are timed
+TIMINGS = "timings.jsonl"  # every timing as it is taken ({"id", "ms"}), from which a stopped run resumes
+
+
+def timings_so_far(path, log):
+    """{network id: its timings so far}: the timings log, or for a folder from before it, the records' rounds."""
+    times = {}
+    if os.path.exists(log):
+        for r in cli.read_log(log):
+            ms = r.get("ms")
+            if not isinstance(r.get("id"), str) or isinstance(ms, bool) or not isinstance(ms, (int, float)) \
+                    or not math.isfinite(ms) or ms <= 0:
+                raise UsageError(f"{log}: a line is not a timing ({{'id': ..., 'ms': > 0}}); the log is damaged")
+            times.setdefault(r["id"], []).append(ms)
+    elif os.path.exists(path):
+        times = {r["id"]: r.get("rounds_ms", [r["measured_ms"]]) for r in cli.read_log(path)}
+    return times
 
 
 def networks(args, table):
@@ -86,13 +105,14 @@ def main(argv=None):
     if device_name != meta["device"]:
         raise UsageError(f"{args.lut} was measured on {meta['device']}; this machine's device is {device_name}")
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, RECORDS)
-    done = {r["id"]: r for r in (cli.read_log(path) if os.path.exists(path) else [])}
-    todo = [(i, a) for i, a in nets if i not in done]
+    path, log = os.path.join(args.out, RECORDS), os.path.join(args.out, TIMINGS)
     rounds = args.rounds or meta.get("rounds", 1)
+    so_far = timings_so_far(path, log)
+    todo = [(i, a) for i, a in nets if len(so_far.get(i, [])) < rounds]
     print(f"{len(nets)} networks of '{meta['space']}' on {device_name} (batch {meta['batch_size']}, "
           f"{meta.get('threads')} threads, {meta['warmup']} warm-up + {meta['repeats']} timed runs, median; "
-          f"{rounds} rounds, least median); {len(nets) - len(todo)} already in {path}", flush=True)
+          f"{rounds} passes, least median); {len(nets) - len(todo)} timed already, "
+          f"{sum(len(so_far.get(i, [])) for i, _ in todo)} timings of the others in {log}", flush=True)
     r_in = meta["input_size"]
 
     def time_one(item):
@@ -101,19 +121,20 @@ def main(argv=None):
         return time_ms(net, x, meta["warmup"], meta["repeats"])
 
     t0 = last = time.time()
-    units = len(todo) * rounds
-    for k, (nid, arch), times in in_rounds(todo, time_one, rounds):
-        if len(times) == rounds:
-            rec = {"id": nid, "flops": arch_cost(arch, {"metric": "flops", "costs": {}}),
-                   "predicted_ms": arch_cost(arch, table), "measured_ms": min(times), "rounds_ms": list(times)}
-            cli.append_line(path, rec)
-            done[nid] = rec
+    begun = [so_far.get(i, []) for i, _ in todo]
+    units = sum(rounds - len(t) for t in begun)
+    for k, (nid, arch), times in in_rounds(todo, time_one, rounds, begun):
+        cli.append_line(log, {"id": nid, "ms": times[-1]})  # every timing kept: a stopped run resumes mid-pass
+        so_far[nid] = list(times)
         if time.time() - last >= args.progress or k == units:
             last, rate = time.time(), k / (time.time() - t0)
-            print(f"[{k}/{units} timings, round {(k - 1) // len(todo) + 1}/{rounds}] {rate:.2f} timings/s, "
+            print(f"[pass {len(times)}/{rounds}, {k}/{units} timings] {rate:.2f} timings/s, "
                   f"ETA {runtime.fmt_time((units - k) / rate)}; {nid}: predicted {arch_cost(arch, table):.2f} ms, "
                   f"measured {', '.join(f'{t:.2f}' for t in times)} ms", flush=True)
-    records = [done[i] for i, _ in nets]
+    records = [{"id": nid, "flops": arch_cost(arch, {"metric": "flops", "costs": {}}),
+                "predicted_ms": arch_cost(arch, table), "measured_ms": min(so_far[nid][:rounds]),
+                "rounds_ms": so_far[nid][:rounds]} for nid, arch in nets]
+    cli.save_text_atomic("".join(json.dumps(r) + "\n" for r in records), path)
     result = {"lut": os.path.abspath(args.lut), "device": device_name, **summary(records)}
     cli.save_json_atomic(result, os.path.join(args.out, "fidelity.json"))
     fmt = "{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]".format

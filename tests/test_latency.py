@@ -244,8 +244,9 @@ def test_bad_input_one_line(clis, name):
 
 def test_fidelity_times_spread_and_given_networks_and_resumes(lut, arch_file, tmp_path, capsys):
     """python -m studies fidelity: every network (N spread over the FLOPs range and the arch files given) is timed
-    in the table's rounds on its settings, the least median kept, and predicted by the table's sum; a rerun with the same OUT times none again; a
-    FLOPs table is refused in one line."""
+    in the table's rounds on its settings, the least median kept, and predicted by the table's sum; a rerun with
+    the same OUT times none again, a stopped one takes only the timings it lacks; a FLOPs table is refused in one
+    line."""
     from studies import fidelity
     path, table = lut
     out = tmp_path / "fid"
@@ -256,7 +257,25 @@ def test_fidelity_times_spread_and_given_networks_and_resumes(lut, arch_file, tm
         fidelity.main(["--lut", path, "--archs", "4", "--arch", arch_file, "--pool", "50", "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
-    assert (out / "fidelity.jsonl").read_text() == first and "5 already in" in capsys.readouterr().out
+    assert (out / "fidelity.jsonl").read_text() == first and "5 timed already" in capsys.readouterr().out
+    # stopped after 7 of its 15 timings: the rerun takes the 8 others and keeps the 7
+    log = out / "timings.jsonl"
+    kept = log.read_text().splitlines(keepends=True)[:7]
+    log.write_text("".join(kept))
+    (out / "fidelity.jsonl").unlink()
+    taken = []
+    real = fidelity.time_ms
+    try:
+        fidelity.time_ms = lambda *a: taken.append(real(*a)) or taken[-1]
+        fidelity.main(["--lut", path, "--archs", "4", "--arch", arch_file, "--pool", "50", "--out", str(out)])
+    finally:
+        fidelity.time_ms = real
+        torch.set_num_threads(threads)
+    assert len(taken) == 8 and len(log.read_text().splitlines()) == 15
+    again = {r["id"]: r["rounds_ms"] for r in cli.read_log(str(out / "fidelity.jsonl"))}
+    for line in kept:
+        t = json.loads(line)
+        assert t["ms"] in again[t["id"]]
     records = cli.read_log(str(out / "fidelity.jsonl"))
     arch = json.loads(open(arch_file).read())
     assert [r["id"] for r in records] == [f"random-{k}" for k in range(4)] + [os.path.abspath(arch_file)]
@@ -289,6 +308,23 @@ def test_timed_in_channels_last():
 
 
 @settings(max_examples=50, deadline=None)
+@given(n=st.integers(1, 6), rounds=st.integers(1, 4), data=st.data())
+def test_in_rounds_resumes_each_item_where_it_stopped(n, rounds, data):
+    """With timings so far (a stopped run), in_rounds takes each item up to `rounds` timings, keeps what it had as
+    their first, and still passes over all items: no item gets its (r+1)-th timing before every item has r."""
+    had = [[float(-1 - j) for j in range(data.draw(st.integers(0, rounds)))] for _ in range(n)]
+    counter = iter(range(10**6))
+    got = [(item, list(times)) for _, item, times in latency.in_rounds(list(range(n)), lambda i: next(counter),
+                                                                        rounds, had)]
+    assert len(got) == sum(rounds - len(h) for h in had)
+    final = {i: list(h) for i, h in enumerate(had)}
+    for item, times in got:
+        final[item] = times
+    assert all(len(t) == rounds and t[:len(had[i])] == had[i] for i, t in final.items())
+    assert [len(t) for _, t in got] == sorted(len(t) for _, t in got)
+
+
+@settings(max_examples=50, deadline=None)
 @given(n=st.integers(0, 6), rounds=st.integers(1, 4), data=st.data())
 def test_in_rounds_passes_over_all_items(n, rounds, data):
     """in_rounds times item i once per pass, all items in each pass before the next, and each yield carries that
@@ -310,10 +346,37 @@ def test_table_keeps_the_least_median_of_its_rounds(toy, monkeypatch, tmp_path):
 
     def scripted(sig, *a):
         calls[sig] = calls.get(sig, 0) + 1
-        return {1: 2.0, 2: 20.0, 3: 1.5}[calls[sig]]
+        return {1: 2.0, 2: 20.0, 3: 2.5}[calls[sig]]
     monkeypatch.setattr(latency, "op_latency", scripted)
     dev, name = latency.get_device("cpu")
     out = str(tmp_path / "t.json")
     table = latency.build_table(toy, dev, name, out, **SETTINGS)
-    assert set(calls.values()) == {3} and set(table["costs"].values()) == {1.5}
+    assert set(calls.values()) == {3} and set(table["costs"].values()) == {2.0}
     assert cli.load_table(out)["meta"]["rounds"] == 3
+
+
+def test_a_table_stopped_mid_pass_resumes_with_its_timings(toy, monkeypatch, tmp_path):
+    """Interrupted in its second pass, build_table saves the finished ops and the timings of the others; the same
+    command takes only what is missing (3 timings per op in all) and keeps each op's least; a table begun with
+    other passes is refused, not relabelled."""
+    calls, total, n = {}, [0], len(latency.space_signatures(toy))
+
+    def scripted(sig, *a):
+        total[0] += 1
+        if total[0] == n + 20:
+            raise KeyboardInterrupt
+        calls[sig] = calls.get(sig, 0) + 1
+        return {1: 3.0, 2: 1.0, 3: 2.0}[calls[sig]]
+    monkeypatch.setattr(latency, "op_latency", scripted)
+    dev, name = latency.get_device("cpu")
+    out = str(tmp_path / "t.json")
+    with pytest.raises(SystemExit) as e:
+        latency.build_table(toy, dev, name, out, **SETTINGS)
+    assert e.value.code == 130
+    saved = json.loads(open(out).read())
+    assert saved["costs"] == {} and sum(map(len, saved["partial"].values())) == n + 19
+    table = latency.build_table(toy, dev, name, out, **SETTINGS)
+    assert set(calls.values()) == {3} and set(table["costs"].values()) == {1.0}
+    assert "partial" not in json.loads(open(out).read())
+    with pytest.raises(cli.UsageError, match="rounds=3, not 1"):
+        latency.build_table(toy, dev, name, out, rounds=1, **SETTINGS)

@@ -273,6 +273,29 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys):
 
 
 
+@pytest.mark.parametrize("metric", ["flops", "latency_ms"])
+def test_a_target_is_refused_just_outside_the_spaces_reach(metric):
+    """check_target at the edges: the 10% window reaching the dearest (cheapest) network is taken, one 5% short of
+    it refused, on either flag; the other ranks exit with no line."""
+    from machinery import options
+    space = get_space("toy", 16, 3, 10)
+    table = dict(flops_table(space), metric=metric)
+    least, most = CostModel(space, table, skip_price=0).extremes()
+    flag = "target_flops" if metric == "flops" else "target_latency"
+
+    def check(target, quiet=False):
+        args = SimpleNamespace(**({"target_flops": None, "target_latency": None} | {flag: target}))
+        options.check_target(args, space, table, search.TARGET_TOLERANCE, quiet)
+    for target in (most * 1.05, least * 0.95, (least + most) / 2):
+        check(target)
+    for target in (most * 1.16, least * 0.86):
+        with pytest.raises(cli.UsageError, match="its networks cost"):
+            check(target)
+    with pytest.raises(SystemExit) as e:
+        check(most * 1.16, quiet=True)
+    assert e.value.code == 2
+
+
 def test_settings_are_the_flags_after_a_presets_then_the_spaces_defaults(tmp_path):
     """A preset is flags written before the given ones (which win); what no flag sets is the paper's for the space
     (search.DEFAULTS); the random baseline's epochs default to 5 unless a preset or a flag says otherwise; --resume
