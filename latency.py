@@ -40,7 +40,7 @@ from supernet import SPACES, arch_signatures, get_space, init_weights, make_op
 # the meta fields a resumed table must share with the run that continues it
 SAME = ("space", "input_size", "in_channels", "num_classes", "connect", "batch_size", "device", "threads",
         "warmup", "repeats", "rounds")
-SAVE_EVERY = 20  # operations between saves of a table being measured
+SAVE_EVERY = 20  # timings between saves of a table being measured
 ROUNDS = 3  # passes over all the operations by default (in_rounds)
 RUN_TABLE = "latency_table.json"  # what a search with --cost latency and no --lut measures into its folder
 
@@ -133,10 +133,14 @@ def op_latency(sig, act, dev, batch_size, warmup, repeats):
 # ----------------------------------------------------------------------------------------
 # Measuring a table, resumably
 
+def is_ms(t):
+    """Whether a timing read back from a file is one: a finite number of milliseconds > 0."""
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
+
+
 def valid_timings(times, rounds):
-    """Whether a resumed table's unfinished timings can be kept: fewer than `rounds` finite milliseconds > 0."""
-    return isinstance(times, list) and len(times) < rounds and all(
-        isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0 for t in times)
+    """Whether a resumed table's unfinished timings can be kept: fewer than `rounds` timings (is_ms)."""
+    return isinstance(times, list) and len(times) < rounds and all(map(is_ms, times))
 
 
 def slowest(costs, k=3):
@@ -178,17 +182,20 @@ def measure(sigs, costs, act, dev, batch_size, warmup, repeats, rounds=1, save=N
 
 def build_table(space, dev, device_name, out, batch_size=32, warmup=10, repeats=50, rounds=ROUNDS, force=False,
                 every=5.0):
-    """Measure the latency table of `space` into `out`, reusing the entries of a compatible table there."""
+    """Measure the latency table of `space` into `out`, reusing the entries of a compatible table there.
+    rounds None: the passes the table at `out` was begun with, or ROUNDS for a new one."""
+    old = load_table(out) if os.path.exists(out) and not force else None
+    old_meta = {"rounds": 1} | old["meta"] if old else {}  # tables from before passes had one
+    rounds = rounds or old_meta.get("rounds", ROUNDS)
     meta = table_meta(space, device=device_name, torch=torch.__version__, batch_size=batch_size,
                       threads=torch.get_num_threads() if dev.type == "cpu" else None,
                       warmup=warmup, repeats=repeats, rounds=rounds)
     costs, partial = {}, {}
-    if os.path.exists(out) and not force:
-        old = load_table(out)
-        diff = [k for k in SAME if old["meta"].get(k, 1 if k == "rounds" else None) != meta[k]]  # (tables had 1)
+    if old:
+        diff = [k for k in SAME if old_meta.get(k) != meta[k]]
         if old["metric"] != "latency_ms" or diff:
             what = "metric" if old["metric"] != "latency_ms" else diff[0]
-            have = old["metric"] if what == "metric" else old["meta"].get(what, 1 if what == "rounds" else None)
+            have = old["metric"] if what == "metric" else old_meta.get(what)
             want = "latency_ms" if what == "metric" else meta[what]
             raise UsageError(f"{out} holds a table with {what}={have}, not {want}; "
                              f"choose another --out or pass --force to overwrite it")
@@ -223,8 +230,7 @@ def run_table(space, device, path, every=5.0):
     latency_table.json) while the other ranks wait at a barrier; a resumed run continues it with the passes it
     was begun with, or finds it complete and measures nothing."""
     if runtime.rank() == 0:
-        rounds = load_table(path)["meta"].get("rounds", 1) if os.path.exists(path) else ROUNDS
-        build_table(space, *get_device(str(device)), path, rounds=rounds, every=every)
+        build_table(space, *get_device(str(device)), path, rounds=None, every=every)
     runtime.barrier()
 
 

@@ -15,7 +15,6 @@ there, so a stopped run resumes mid-pass); once all are taken, OUT/fidelity.json
     python -m studies fidelity --lut lut.json --archs 40 --arch runs/laptop/arch.json --out runs/fidelity
 """
 import json
-import math
 import os
 import statistics
 import time
@@ -23,7 +22,7 @@ import time
 import torch
 
 from cost import arch_cost
-from latency import check_arch_table, get_device, in_rounds, time_ms
+from latency import check_arch_table, get_device, in_rounds, is_ms, time_ms
 from machinery import cli, runtime
 from machinery.cli import ArgumentParser, UsageError, integer
 from machinery.draw import scatter_svg
@@ -41,11 +40,9 @@ def timings_so_far(path, log):
     times = {}
     if os.path.exists(log):
         for r in cli.read_log(log):
-            ms = r.get("ms")
-            if not isinstance(r.get("id"), str) or isinstance(ms, bool) or not isinstance(ms, (int, float)) \
-                    or not math.isfinite(ms) or ms <= 0:
+            if not isinstance(r.get("id"), str) or not is_ms(r.get("ms")):
                 raise UsageError(f"{log}: a line is not a timing ({{'id': ..., 'ms': > 0}}); the log is damaged")
-            times.setdefault(r["id"], []).append(ms)
+            times.setdefault(r["id"], []).append(r["ms"])
     elif os.path.exists(path):
         times = {r["id"]: r.get("rounds_ms", [r["measured_ms"]]) for r in cli.read_log(path)}
     return times
