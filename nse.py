@@ -594,7 +594,7 @@ def main(argv=None):
     from machinery.data import load_data
     ap = ArgumentParser(__doc__, prog="python nse.py")
     ap.add_argument("--preset", choices=["laptop"], help="laptop: Fashion-MNIST at 28 px on a CPU, a 13-op pool, "
-                                                         "K = 4, 3 rounds (about 20 minutes on 2 cores)")
+                                                         "K = 4, 3 rounds (about 12 minutes on 2 cores)")
     ap.add_argument("--data", help="fake, fashion-mnist, or an ImageFolder root (default: the preset's)")
     ap.add_argument("--out", help="output folder (default runs/nse-laptop or runs/nse)")
     ap.add_argument("--seed", type=cli.SEED, default=0, help="seed (default 0)")

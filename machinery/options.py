@@ -13,7 +13,7 @@ from machinery.cli import SEED, ArgumentParser, UsageError, integer, number
 from machinery.data import load_data
 from supernet import LIMITS, SPACES, get_space
 
-# --preset laptop: the whole pipeline on Fashion-MNIST on a 2-core CPU in about 13 minutes: the `mini` space
+# --preset laptop: the whole pipeline on Fashion-MNIST on a 2-core CPU in about 18 minutes: the `mini` space
 # (supernet.py) at 28 px, 9,600 images per split, 11 epochs of which 5 weights-only. A preset is flags, read as
 # if written before the given ones (which win). Where it departs from the paper the README says why ("How the laptop
 # preset departs from the paper"); the main ones: an architecture learning rate ~30x the paper's, as this search
@@ -30,7 +30,7 @@ def search_parser(defaults, description=None, add_help=True):
     ap = ArgumentParser(description, add_help=add_help)
     ap.add_argument("--preset", choices=list(PRESETS),
                     help="laptop: search the 'mini' space on Fashion-MNIST, retrain the result and evaluate it on "
-                         "the test set, all on a CPU in about 13 minutes (flags given override its settings)")
+                         "the test set, all on a CPU in about 18 minutes (flags given override its settings)")
     ap.add_argument("--space", default="mbv2", help=f"search space: {', '.join(SPACES)} (default mbv2)")
     ap.add_argument("--data", default="fashion-mnist",
                     help="fashion-mnist (default), fake, or an ImageFolder root with train/<class>/*")

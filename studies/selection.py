@@ -87,7 +87,7 @@ def select_run(searched, candidates, readings):
 
 
 def summarise(rows, records):
-    """Per rule and split: the mean percentile, how many above the others' median, the stratified permutation p, and
+    """Per rule and split: the mean percentile, how many at a percentile above 50, the stratified permutation p, and
     the chosen networks' mean lead over a fit of the other random networks in FLOPs and depth."""
     random = [r for r in records if r["kind"] != "searched"]
     x = flops_depth_design(random)
@@ -155,7 +155,7 @@ def report(result, path):
         for s in ("test", "val"):
             f = fig[s]
             lead = f.get("lead_over_fit")
-            print(f"{rule:<14} {s:<4}: mean percentile {f['mean_percentile']:5.1f}, above the others' median "
+            print(f"{rule:<14} {s:<4}: mean percentile {f['mean_percentile']:5.1f}, percentile above 50 "
                   f"{f['above_median']}/{f['runs']}, permutation p = {f['permutation_p']:.4f}"
                   + (f"; lead over the fit in FLOPs and depth {lead['mean']:+.2f} (p = {lead['permutation_p']:.4f})"
                      if lead else ""))

@@ -266,7 +266,7 @@ def table1_from_truth(path, out, runs=None):
               f"{r['peers_no_deeper']:9d} {fmt(t['percentile_no_deeper'], 0):>8} {fmt(t.get('adjusted_lead')):>6}")
     for split in ("test", "val"):
         r, low = result[split], result[split]["no_deeper"]
-        print(f"{split}: mean percentile {fmt(r['mean_percentile'], 1)}, above the peers' median "
+        print(f"{split}: mean percentile {fmt(r['mean_percentile'], 1)}, percentile above 50 "
               f"{r['above_median']}/{r['compared']}, permutation p = {fmt(r['permutation_p'], 4)}; among the peers "
               f"no deeper ({low['compared']} searched networks have some): mean percentile "
               f"{fmt(low['mean_percentile'], 1)}, permutation p = {fmt(low['permutation_p'], 4)}")
