@@ -11,6 +11,7 @@ uses one definition of each.
     quadratic(columns)                         a design matrix: 1, each column, their squares and products
     loo_predictions(x, y)                      least squares' leave-one-out predictions of y, and the leverages
     adjusted_lead(x, y, treated)               the treated items' mean lead over a fit to the others, and its p
+    chance_above_median(q, noise_sd, true_sd, peers)   how often a network at a true quantile measures above its peers
 """
 import itertools
 import math
@@ -175,3 +176,18 @@ def adjusted_lead(x, y, treated, samples=10000, seed=0):
     for _ in range(samples):
         hits += float(_lead(x, y, torch.randperm(n, generator=g)[:k]).mean()) >= observed - 1e-9
     return leads.tolist(), observed, hits / (samples + 1)
+
+
+def chance_above_median(q, noise_sd, true_sd, peers, samples=100000, seed=0):
+    """The probability that a network whose true accuracy lies at quantile `q` of its peers' measures with a
+    percentile above 50 among `peers` measured ones (stats.percentile), when the peers' true accuracies are normal
+    with sd `true_sd` and every measurement adds normal noise of sd `noise_sd` (a judge's seed noise: one training
+    seed's sd over the square root of the seeds averaged). Monte Carlo over `samples` draws, the same draws for every
+    q (so it never falls as q rises)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(q, dtype=torch.float64))
+    mine = true_sd * z + noise_sd * torch.randn(samples, 1, generator=g, dtype=torch.float64)
+    theirs = (true_sd * torch.randn(samples, peers, generator=g, dtype=torch.float64)
+              + noise_sd * torch.randn(samples, peers, generator=g, dtype=torch.float64))
+    below = (theirs < mine).sum(1)
+    return float((2 * below > peers).double().mean())

@@ -16,7 +16,10 @@ it): its percentile among them, and one stratified permutation test over all sea
 the 'searched' label could be any member: stats.matched_permutation_p). The same against only the peers no deeper
 than it (depth: the layers of its blocks), as a network's depth alone ranks a short training's accuracies; and
 each searched network's lead over a least-squares model of the random networks' accuracy, quadratic in log FLOPs
-and depth, with a permutation test that refits the model for every relabelling (stats.adjusted_lead).
+and depth, with a permutation test that refits the model for every relabelling (stats.adjusted_lead). And what the
+judge can resolve: from the table's seed noise and its peers' spread, the chance that a searched network truly at
+its peers' 50th, 75th or 90th percentile measures above their median, for each and for all at once
+(stats.chance_above_median).
 table1.svg: every network's accuracy against FLOPs with the random networks' Pareto front.
 
     python -m studies table1 --table studies/tables/ground-truth-laptop/table.jsonl --out runs/table1-truth
@@ -37,7 +40,7 @@ from machinery.cli import SEED, ArgumentParser, UsageError, integer, number
 from machinery.draw import scatter_svg
 from studies.ground_truth import flops_depth_design, record_depth
 from studies.random_search import TOLERANCE, random_archs_at_flops
-from studies.stats import adjusted_lead, matched_permutation_p, percentile
+from studies.stats import adjusted_lead, chance_above_median, matched_permutation_p, percentile
 from supernet import get_space
 
 PRESET = "laptop"
@@ -242,6 +245,7 @@ def table1_from_truth(path, out, runs=None):
             result[split]["adjusted"] = {"mean_lead": mean, "permutation_p": p}
             for row, lead in zip(rows, leads):
                 row[split]["adjusted_lead"] = lead
+    result["judge"] = judge_resolution(records, rows, random)
     front = pareto_front([(r["flops"], mean_over_seeds(r, "test")) for r in random])
     result["pareto_front"] = front
     os.makedirs(out, exist_ok=True)
@@ -267,15 +271,54 @@ def table1_from_truth(path, out, runs=None):
     for split in ("test", "val"):
         r, low = result[split], result[split]["no_deeper"]
         print(f"{split}: mean percentile {fmt(r['mean_percentile'], 1)}, percentile above 50 "
-              f"{r['above_median']}/{r['compared']}, permutation p = {fmt(r['permutation_p'], 4)}; among the peers "
+              f"{r['above_median']}/{r['compared']}, permutation p = {fmt_p(r['permutation_p'])}; among the peers "
               f"no deeper ({low['compared']} searched networks have some): mean percentile "
-              f"{fmt(low['mean_percentile'], 1)}, permutation p = {fmt(low['permutation_p'], 4)}")
+              f"{fmt(low['mean_percentile'], 1)}, permutation p = {fmt_p(low['permutation_p'])}")
         if "adjusted" in r:
             print(f"{split}: lead over a fit of the random networks in FLOPs and depth (quadratic): mean "
-                  f"{r['adjusted']['mean_lead']:+.2f} points, permutation p = {r['adjusted']['permutation_p']:.4f}")
+                  f"{r['adjusted']['mean_lead']:+.2f} points, permutation p = {fmt_p(r['adjusted']['permutation_p'])}")
+    judge = result["judge"]
+    if judge is not None:
+        print(f"the judge (test): one training seed's noise sd {judge['noise_sd_one_seed']:.2f} points, the peers' "
+              f"true sd {judge['true_sd']:.2f}; a searched network truly at its peers' 50th / 75th / 90th percentile "
+              "measures above their median (percentile above 50)")
+        for k, by_q in judge["all_above"].items():
+            each = list(judge["each_above"][k].values())
+            print(f"  with {k} training seeds: each {', '.join(f'{min(v):.2f}-{max(v):.2f}' for v in each)}; all "
+                  f"{len(each[0])} at once {' / '.join(f'{v:.3f}' for v in by_q.values())}; expected count "
+                  f"{' / '.join(f'{sum(v):.1f}' for v in each)}")
     print(f"outputs: {os.path.join(out, 'table1.json')}, {os.path.join(out, 'table1.svg')}")
     return result
 
 
+def judge_resolution(records, rows, random, split="test", quantiles=(0.5, 0.75, 0.9), samples=20000):
+    """How well the table's judge resolves a searched network's place among its peers: one training seed's noise sd
+    (the pooled variance of a network's accuracy over the seeds), the peers' true sd (their measured variance
+    within each searched network's window, pooled, less the noise of a mean over the seeds), and for each searched
+    network the chance that one truly at quantile q of its peers measures above their median, with the table's
+    number of seeds and with two and four times as many; 'all_above' multiplies them over the searched networks.
+    None when the table has a single seed or no window with 3 peers."""
+    seeds = len(records[0][split])
+    windows = [[mean_over_seeds(r, split) for r in peers_of(row, random)] for row in rows]
+    windows = [w for w in windows if len(w) >= 3]
+    if seeds < 2 or not windows:
+        return None
+    noise = statistics.fmean(statistics.variance(r[split].values()) for r in records)
+    true_var = statistics.fmean(statistics.variance(w) for w in windows) - noise / seeds
+    true_sd = math.sqrt(max(true_var, 0.0))
+    each, every = {}, {}
+    for k in (seeds, 2 * seeds, 4 * seeds):
+        each[k] = {q: [chance_above_median(q, math.sqrt(noise / k), true_sd, row["peers"], samples)
+                       for row in rows if row["peers"]] for q in quantiles}
+        every[k] = {q: math.prod(v) for q, v in each[k].items()}
+    return {"split": split, "seeds": seeds, "noise_sd_one_seed": math.sqrt(noise), "true_sd": true_sd,
+            "each_above": each, "all_above": every}
+
+
 def fmt(v, digits=2):
     return "-" if v is None else f"{v:.{digits}f}"
+
+
+def fmt_p(p):
+    """A p-value: four decimals, or two significant digits below 0.001 (a sampled p is never below 1/(draws + 1))."""
+    return "-" if p is None else f"{p:.4f}" if p >= 1e-3 else f"{p:.1e}"

@@ -5,9 +5,9 @@ import math
 import torch
 from hypothesis import given, settings, strategies as st
 
-from studies.stats import (adjusted_lead, bootstrap_interval, kendall, loo_predictions, matched_permutation_p,
-                           paired_difference, pearson, percentile, permutation_p, quadratic, ranks, spearman,
-                           top_hit_rate)
+from studies.stats import (adjusted_lead, bootstrap_interval, chance_above_median, kendall, loo_predictions,
+                           matched_permutation_p, paired_difference, pearson, percentile, permutation_p, quadratic,
+                           ranks, spearman, top_hit_rate)
 
 values = st.lists(st.integers(-5, 5), min_size=3, max_size=12)
 
@@ -153,3 +153,32 @@ def test_adjusted_lead_finds_a_planted_lead_at_equal_covariates_and_none_without
     _, _, exact = adjusted_lead(x, noisy.tolist(), [0, 1, 2])
     _, _, sampled = adjusted_lead(x, noisy.tolist(), [0, 1, 2], samples=4000)
     assert 0 < exact < 0.5 and abs(sampled - exact) < 0.02
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(0.02, 0.98), st.floats(0.05, 2.0), st.floats(0.05, 2.0))
+def test_chance_above_median_against_one_peer_in_closed_form(q, noise_sd, true_sd):
+    """With one peer, 'above the median' is beating it: the difference of the two measurements is normal, mean
+    true_sd * z_q, variance 2 noise^2 + true_sd^2; the Monte Carlo lies within 6 standard errors of that."""
+    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(q, dtype=torch.float64))
+    exact = float(torch.distributions.Normal(0.0, 1.0).cdf(true_sd * z / math.sqrt(2 * noise_sd ** 2 + true_sd ** 2)))
+    assert abs(chance_above_median(q, noise_sd, true_sd, 1, samples=40000) - exact) < 6 * 0.5 / math.sqrt(40000)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0.01, 0.99), st.floats(0.01, 0.99), st.floats(0.0, 1.0), st.integers(1, 30))
+def test_chance_above_median_never_falls_as_the_true_quantile_rises(q1, q2, noise_sd, peers):
+    lo, hi = sorted((q1, q2))
+    assert (chance_above_median(lo, noise_sd, 0.5, peers, samples=2000)
+            <= chance_above_median(hi, noise_sd, 0.5, peers, samples=2000))
+
+
+def test_chance_above_median_known_cases():
+    """Peers all alike (true_sd 0): the network's rank among n + 1 is uniform, so 'percentile above 50' (more than
+    half below it) has chance #{b in 0..n: 2b > n} / (n + 1), e.g. 4/9 for 8 peers; a judge without noise puts a
+    network at the 75th or 25th true percentile above or below the median of 2,001 peers almost surely."""
+    for n in (1, 2, 7, 8, 24):
+        exact = sum(2 * b > n for b in range(n + 1)) / (n + 1)
+        assert abs(chance_above_median(0.7, 1.0, 0.0, n, samples=40000) - exact) < 0.015
+    assert chance_above_median(0.75, 0.0, 1.0, 2001, samples=2000) > 0.999
+    assert chance_above_median(0.25, 0.0, 1.0, 2001, samples=2000) < 0.001

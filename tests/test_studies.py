@@ -242,6 +242,13 @@ def test_table1_from_a_ground_truth_table_gives_percentiles_a_permutation_test_a
     # exact p: leads 3, 0, -3 around 88, observed 3: 1 of 3
     assert a["depth"] == 3 and sorted(a["peer_depths"]) == [2, 3, 4] and (a["peers_no_deeper"], b["peers_no_deeper"]) == (2, 0)
     assert result["test"]["no_deeper"] == {"mean_percentile": 100.0, "compared": 1, "permutation_p": 1 / 3}
+    # the judge: per-network variance over the seeds (a - b)^2 / 2, mean 4.5 / 8; s-a's window alone has 3 peers
+    # (88, 92.5, 85: variance 14.25), less the noise of a mean of two seeds
+    judge = result["judge"]
+    assert math.isclose(judge["noise_sd_one_seed"], 0.75)
+    assert math.isclose(judge["true_sd"], math.sqrt(14.25 - 0.5625 / 2))
+    assert sorted(judge["each_above"]) == [2, 4, 8] and all(len(v) == 2 for v in judge["each_above"][2].values())
+    assert math.isclose(judge["all_above"][2][0.9], math.prod(judge["each_above"][2][0.9]))
     svg = (tmp_path / "t1" / "table1.svg").read_text()
     assert svg.count('id="point-random-') == 6 and svg.count('id="point-searched-') == 2 and "line-Pareto" in svg
 
