@@ -245,7 +245,7 @@ def table1_from_truth(path, out, runs=None):
             result[split]["adjusted"] = {"mean_lead": mean, "permutation_p": p}
             for row, lead in zip(rows, leads):
                 row[split]["adjusted_lead"] = lead
-    result["judge"] = judge_resolution(records, rows, random)
+    result["judge"] = judge_resolution(records, [g[1:] for g in groups["test"]])
     front = pareto_front([(r["flops"], mean_over_seeds(r, "test")) for r in random])
     result["pareto_front"] = front
     os.makedirs(out, exist_ok=True)
@@ -291,25 +291,25 @@ def table1_from_truth(path, out, runs=None):
     return result
 
 
-def judge_resolution(records, rows, random, split="test", quantiles=(0.5, 0.75, 0.9), samples=20000):
-    """How well the table's judge resolves a searched network's place among its peers: one training seed's noise sd
-    (the pooled variance of a network's accuracy over the seeds), the peers' true sd (their measured variance
-    within each searched network's window, pooled, less the noise of a mean over the seeds), and for each searched
-    network the chance that one truly at quantile q of its peers measures above their median, with the table's
-    number of seeds and with two and four times as many; 'all_above' multiplies them over the searched networks.
-    None when the table has a single seed or no window with 3 peers."""
+def judge_resolution(records, windows, split="test", quantiles=(0.5, 0.75, 0.9), samples=20000):
+    """How well the table's judge resolves a searched network's place among its peers (`windows`: each searched
+    network's peers' accuracies on `split`, mean over the seeds): one training seed's noise sd (the pooled variance
+    of a network's accuracy over the seeds), the peers' true sd (their measured variance within each window of 3 or
+    more, pooled, less the noise of a mean over the seeds), and for each searched network the chance that one truly
+    at quantile q of its peers measures above their median, with the table's number of seeds and with two and four
+    times as many; 'all_above' multiplies them over the searched networks. None when the table has a single seed or
+    no window with 3 peers."""
     seeds = len(records[0][split])
-    windows = [[mean_over_seeds(r, split) for r in peers_of(row, random)] for row in rows]
-    windows = [w for w in windows if len(w) >= 3]
-    if seeds < 2 or not windows:
+    wide = [w for w in windows if len(w) >= 3]
+    if seeds < 2 or not wide:
         return None
     noise = statistics.fmean(statistics.variance(r[split].values()) for r in records)
-    true_var = statistics.fmean(statistics.variance(w) for w in windows) - noise / seeds
+    true_var = statistics.fmean(statistics.variance(w) for w in wide) - noise / seeds
     true_sd = math.sqrt(max(true_var, 0.0))
     each, every = {}, {}
     for k in (seeds, 2 * seeds, 4 * seeds):
-        each[k] = {q: [chance_above_median(q, math.sqrt(noise / k), true_sd, row["peers"], samples)
-                       for row in rows if row["peers"]] for q in quantiles}
+        each[k] = {q: [chance_above_median(q, math.sqrt(noise / k), true_sd, len(w), samples) for w in windows]
+                   for q in quantiles}
         every[k] = {q: math.prod(v) for q, v in each[k].items()}
     return {"split": split, "seeds": seeds, "noise_sd_one_seed": math.sqrt(noise), "true_sd": true_sd,
             "each_above": each, "all_above": every}
