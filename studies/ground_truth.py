@@ -15,6 +15,9 @@ The agreement of the seeds (Kendall tau of their validation accuracies, with a b
 ceiling of any ranking against this table. Test accuracy is reported, never used to choose anything.
 With --networks-of TABLE the random networks are instead --networks of that table's, trained again under this
 recipe (is the table's recipe a fair judge? python -m studies audit --table OUT/table.jsonl --judge TABLE).
+With --networks 0 only the searched networks and their peers are trained (the peers are drawn as any table draws
+them, so these are the same networks as another table's first peers): into a table of another recipe, Table 1
+under that recipe.
 
     python -m studies ground_truth --out runs/ground_truth --networks 48 --seeds 0 1 --searched runs/laptop
     python -m studies ground_truth ... --searched runs/s0 runs/s1 runs/s2 --peers 8 --workers 2
@@ -89,19 +92,20 @@ def _bit_reversed(k, n):
 def peers(space, k, folders, networks, done):
     """Random networks within 5% of the FLOPs of each searched network named (folders; Table 1's comparison), so
     that each has at least k peers among the spread networks and these. Drawn from a generator seeded by the
-    searched network's FLOPs, so a resumed run draws the same ones; named peer-<FLOPs>-<i>."""
+    searched network's FLOPs, so a resumed run (or another table) draws the same ones; named peer-<FLOPs>-<i>. In
+    turns: every searched network's first peer, then every one's second, ..., so that a stopped run has given each
+    some."""
     table = flops_table(space)
     new = {n[1]: n[4] for n in networks if n[0] == "searched"}
     searched = [done[f]["flops"] if f in done else new[f] for f in folders]
     spread = [n[4] for n in networks if n[0] == "random"]
-    extra = []
+    each = []
     for f in searched:
         need = k - sum(abs(g - f) <= TOLERANCE * f for g in spread)
-        if need > 0:
-            draws = random_archs_at_flops(space, table, need, f, torch.Generator().manual_seed(int(f)))
-            extra += [("peer", f"peer-{int(f)}-{i}", arch, [argmax(a) for a in alphas], flops)
-                      for i, (arch, alphas, _, flops) in enumerate(draws)]
-    return extra
+        draws = random_archs_at_flops(space, table, need, f, torch.Generator().manual_seed(int(f))) if need > 0 else []
+        each.append([("peer", f"peer-{int(f)}-{i}", arch, [argmax(a) for a in alphas], flops)
+                     for i, (arch, alphas, _, flops) in enumerate(draws)])
+    return [group[i] for i in range(k) for group in each if i < len(group)]
 
 
 def searched_network(folder, space):
@@ -275,7 +279,8 @@ def main(argv=None):
     ap.add_argument("--space", default="mini", help="search space (default mini, the laptop preset's)")
     ap.add_argument("--data", default="fashion-mnist", help="data (default fashion-mnist, the laptop preset's)")
     ap.add_argument("--input-size", type=integer(8, 1024), default=None, help="image size (default: the data's)")
-    ap.add_argument("--networks", type=integer(2, 10_000), default=48, help="random networks (default 48)")
+    ap.add_argument("--networks", type=integer(0, 10_000), default=48,
+                    help="random networks (default 48; 0: only the --searched networks and their --peers)")
     ap.add_argument("--pool", type=integer(2, 10**6), default=4000,
                     help="random draws the networks are chosen from (default 4000)")
     ap.add_argument("--networks-of", metavar="TABLE",
@@ -288,6 +293,8 @@ def main(argv=None):
                          "are fewer (Table 1: python -m studies table1 --table; default 0)")
     add_recipe_arguments(ap)
     args = ap.parse_args(argv)
+    if args.networks == 0 and not args.searched:
+        raise UsageError("--networks 0 trains only the --searched networks (and their --peers); name some")
     again = networks_of(args.networks_of, args.networks) if args.networks_of else None  # refused before OUT is made
     path, done = open_table(args)
     data = search_data(args)
@@ -298,7 +305,7 @@ def main(argv=None):
                 if folder not in done]
     if again is not None:
         networks += again
-    else:
+    elif args.networks:
         networks += [("random", f"random-{k}", *net) for k, net in enumerate(
             spread_over_flops(space, args.networks, args.pool, torch.Generator().manual_seed(args.split_seed)))]
     networks += peers(space, args.peers, args.searched, networks, done)

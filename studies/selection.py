@@ -29,7 +29,7 @@ from studies.audit import open_run, read_network, read_table
 from studies.ground_truth import flops_depth_design, record_depth
 from studies.random_search import TOLERANCE
 from studies.stats import adjusted_lead, kendall, matched_permutation_p, percentile
-from studies.table1 import match_run, mean_over_seeds, peers_of
+from studies.table1 import fmt_p, match_run, mean_over_seeds, peers_of
 
 RULES = ("recalibrated", "batch_stats", "fewest_layers")
 
@@ -156,7 +156,7 @@ def report(result, path):
             f = fig[s]
             lead = f.get("lead_over_fit")
             print(f"{rule:<14} {s:<4}: mean percentile {f['mean_percentile']:5.1f}, percentile above 50 "
-                  f"{f['above_median']}/{f['runs']}, permutation p = {f['permutation_p']:.4f}"
-                  + (f"; lead over the fit in FLOPs and depth {lead['mean']:+.2f} (p = {lead['permutation_p']:.4f})"
+                  f"{f['above_median']}/{f['runs']}, permutation p = {fmt_p(f['permutation_p'])}"
+                  + (f"; lead over the fit in FLOPs and depth {lead['mean']:+.2f} (p = {fmt_p(lead['permutation_p'])})"
                      if lead else ""))
     print(f"output: {path}")

@@ -406,6 +406,28 @@ def test_ground_truth_networks_of_trains_another_tables_networks_spread_and_coar
         ground_truth.networks_of(str(table), 10)
 
 
+def test_ground_truth_peers_in_turns_the_same_draws_for_any_k(tmp_path):
+    """--peers K: each searched network's peers lie within 5% of its FLOPs and come in turns (every one's first, then
+    every one's second), drawn so that a smaller K gives the first of the same networks (another table's peers are
+    these); a spread network in the window counts as a peer; --networks 0 without --searched is one line."""
+    space = get_space("toy", 16, 3, 10)
+    g = torch.Generator().manual_seed(1)
+    targets = sorted({arch_cost(derive(space, *random_search.random_arch(space, g)), flops_table(space))
+                      for _ in range(20)})
+    f1, f2 = targets[len(targets) // 3], targets[2 * len(targets) // 3]
+    done = {"a": {"flops": f1}, "b": {"flops": f2}}
+    three = ground_truth.peers(space, 3, ["a", "b"], [], done)
+    assert [n[1] for n in three] == [f"peer-{int(f)}-{i}" for i in range(3) for f in (f1, f2)]
+    assert all(abs(n[4] - f) <= 0.05 * f for n, f in zip(three, [f1, f2] * 3))
+    two = ground_truth.peers(space, 2, ["a", "b"], [], done)
+    assert [(n[1], n[2]) for n in two] == [(n[1], n[2]) for n in three[:4]]
+    spread = [("random", "random-0", None, None, f1)]
+    assert [n[1] for n in ground_truth.peers(space, 2, ["a", "b"], spread, done)] == [n[1] for n in three[:4] if
+                                                                                     n[1] != f"peer-{int(f1)}-1"]
+    with pytest.raises(ground_truth.UsageError, match="--networks 0"):
+        ground_truth.main(["--out", str(tmp_path / "gt"), "--space", "toy", "--data", "fake", "--networks", "0"])
+
+
 def test_table1_lead_over_a_fit_in_flops_and_depth(tmp_path):
     """table1 --table: with enough random networks, each searched network's lead over a least-squares model of the
     random ones' accuracy (quadratic in log FLOPs and depth). Planted: the random networks lie on such a model, the
