@@ -16,8 +16,8 @@ ceiling of any ranking against this table. Test accuracy is reported, never used
 With --networks-of TABLE the random networks are instead --networks of that table's, trained again under this
 recipe (is the table's recipe a fair judge? python -m studies audit --table OUT/table.jsonl --judge TABLE).
 With --networks 0 only the searched networks and their peers are trained (the peers are drawn as any table draws
-them, so these are the same networks as another table's first peers): into a table of another recipe, Table 1
-under that recipe.
+them, so these are the same networks as another table's peers of that search, as far as it drew them): into a copy
+of a table of another recipe, run with that table's recipe, Table 1 under that recipe.
 
     python -m studies ground_truth --out runs/ground_truth --networks 48 --seeds 0 1 --searched runs/laptop
     python -m studies ground_truth ... --searched runs/s0 runs/s1 runs/s2 --peers 8 --workers 2
@@ -293,8 +293,11 @@ def main(argv=None):
                          "are fewer (Table 1: python -m studies table1 --table; default 0)")
     add_recipe_arguments(ap)
     args = ap.parse_args(argv)
-    if args.networks == 0 and not args.searched:
-        raise UsageError("--networks 0 trains only the --searched networks (and their --peers); name some")
+    if args.networks == 1:
+        raise UsageError("--networks: 0 (only the --searched networks and their --peers) or at least 2")
+    if args.networks == 0 and (not args.searched or args.networks_of):
+        raise UsageError("--networks 0 trains only the --searched networks (and their --peers): name some, and no "
+                         "--networks-of")
     again = networks_of(args.networks_of, args.networks) if args.networks_of else None  # refused before OUT is made
     path, done = open_table(args)
     data = search_data(args)

@@ -136,6 +136,12 @@ def test_ground_truth_spreads_over_flops_records_every_seed_and_resumes(tmp_path
     for mode in ("batch_stats", "recalibrated", "flops", "depth", "noise_ceiling"):
         assert set(result[mode]) >= {"kendall", "spearman", "top10_hit"}
     assert len(result["recalibrated"]["readings"]) == 4 and (tmp_path / "audit" / "audit.svg").exists()
+    # --networks 0: the searched network and its peers alone, the peers in the window
+    monkeypatch.setattr(ground_truth, "train_once", lambda *a: (50.0, 40.0))
+    ground_truth.main(argv[2:8] + argv[10:] + ["--out", str(tmp_path / "only"), "--networks", "0", "--peers", "2"])
+    only = [json.loads(line) for line in open(tmp_path / "only" / "table.jsonl")]
+    assert [r["kind"] for r in only] == ["searched", "peer", "peer"] and only[0]["arch"] == rows[0]["arch"]
+    assert all(abs(r["flops"] - rows[0]["flops"]) <= 0.05 * rows[0]["flops"] for r in only[1:])
 
 
 def test_ground_truth_workers_train_as_this_process_does(tmp_path):
@@ -421,11 +427,20 @@ def test_ground_truth_peers_in_turns_the_same_draws_for_any_k(tmp_path):
     assert all(abs(n[4] - f) <= 0.05 * f for n, f in zip(three, [f1, f2] * 3))
     two = ground_truth.peers(space, 2, ["a", "b"], [], done)
     assert [(n[1], n[2]) for n in two] == [(n[1], n[2]) for n in three[:4]]
+    # each searched network's draws are its own, whichever others are named, in whatever order, trained or not
+    alone = ground_truth.peers(space, 3, ["b"], [], done)
+    assert [(n[1], n[2]) for n in alone] == [(n[1], n[2]) for n in three[1::2]]
+    b_new = [("searched", "b", None, None, f2)]
+    swapped = ground_truth.peers(space, 3, ["b", "a"], b_new, {"a": done["a"]})
+    assert [(n[1], n[2]) for n in swapped[1::2]] == [(n[1], n[2]) for n in three[0::2]]
+    assert [(n[1], n[2]) for n in swapped[0::2]] == [(n[1], n[2]) for n in three[1::2]]
     spread = [("random", "random-0", None, None, f1)]
     assert [n[1] for n in ground_truth.peers(space, 2, ["a", "b"], spread, done)] == [n[1] for n in three[:4] if
                                                                                      n[1] != f"peer-{int(f1)}-1"]
-    with pytest.raises(ground_truth.UsageError, match="--networks 0"):
-        ground_truth.main(["--out", str(tmp_path / "gt"), "--space", "toy", "--data", "fake", "--networks", "0"])
+    for argv in (["--networks", "0"], ["--networks", "0", "--searched", "r", "--networks-of", "t"], ["--networks", "1"]):
+        with pytest.raises(ground_truth.UsageError, match="--networks"):
+            ground_truth.main(["--out", str(tmp_path / "gt"), "--space", "toy", "--data", "fake"] + argv)
+    assert not (tmp_path / "gt").exists()
 
 
 def test_table1_lead_over_a_fit_in_flops_and_depth(tmp_path):
