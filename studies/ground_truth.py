@@ -23,6 +23,7 @@ of a table of another recipe, run with that table's recipe, Table 1 under that r
     python -m studies ground_truth ... --searched runs/s0 runs/s1 runs/s2 --peers 8 --workers 2
 """
 import argparse
+import json
 import math
 import multiprocessing
 import os
@@ -116,6 +117,15 @@ def searched_network(folder, space):
                          f"{space.input_size}px")
     arch = derive(s, alphas, p)
     return arch, [argmax(a) for a in alphas], arch_cost(arch, flops_table(space))
+
+
+def recorded_as(folder, arch, done):
+    """The id of the record of `done` that is this search's derived network under another name (a table made
+    elsewhere names its runs by that machine's paths): a searched record of the same arch whose id ends in the same
+    folder name; None if there is none."""
+    name, arch = os.path.basename(os.path.normpath(folder)), json.loads(json.dumps(arch))
+    return next((i for i, r in done.items() if r.get("kind") == "searched" and r.get("arch") == arch
+                 and os.path.basename(os.path.normpath(i)) == name), None)
 
 
 def depth(arch):
@@ -303,15 +313,21 @@ def main(argv=None):
     data = search_data(args)
     test = test_data(args, data.input_size)
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes)
-    # a searched network already in the table needs its folder no more
-    networks = [("searched", folder, *searched_network(folder, space)) for folder in args.searched
-                if folder not in done]
+    networks, searched = [], []
+    for folder in args.searched:  # a searched network already in the table needs its folder no more
+        known = folder if folder in done else None
+        if known is None:
+            arch, choices, flops = searched_network(folder, space)
+            known = recorded_as(folder, arch, done)
+            if known is None:
+                networks.append(("searched", folder, arch, choices, flops))
+        searched.append(known or folder)
     if again is not None:
         networks += again
     elif args.networks:
         networks += [("random", f"random-{k}", *net) for k, net in enumerate(
             spread_over_flops(space, args.networks, args.pool, torch.Generator().manual_seed(args.split_seed)))]
-    networks += peers(space, args.peers, args.searched, networks, done)
+    networks += peers(space, args.peers, searched, networks, done)
     todo = [(kind, name, arch, flops, {"path": arch["path"], "choices": choices})
             for kind, name, arch, choices, flops in networks if name not in done]
     print(f"{len(todo)} networks of '{space.name}' to train ({len(done)} done), {len(args.seeds)} seeds each; data "

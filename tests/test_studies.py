@@ -2,6 +2,7 @@
 scale here."""
 import json
 import math
+import os
 import statistics
 
 import pytest
@@ -124,6 +125,7 @@ def test_ground_truth_spreads_over_flops_records_every_seed_and_resumes(tmp_path
     assert rows[0]["choices"] and rows[0]["path"] == load_arch(f"{run}/arch.json")["path"]
     monkeypatch.setattr(ground_truth, "train_once", lambda *a: pytest.fail("trained a network again"))
     ground_truth.main(argv)
+    ground_truth.main(argv[:-1] + [os.path.relpath(run)])  # the search named by another path: the same network
     with pytest.raises(ground_truth.UsageError, match="another recipe"):
         ground_truth.main(argv + ["--lr", "0.05"])
     # the audit reads each network from the super network as the search reads its derived one: with batch statistics
