@@ -101,7 +101,7 @@ def peers(space, k, folders, networks, done):
     searched = [done[f]["flops"] if f in done else new[f] for f in folders]
     spread = [n[4] for n in networks if n[0] == "random"]
     each = []
-    for f in searched:
+    for f in dict.fromkeys(searched):  # searches of the same FLOPs share their peers (the same draws, the same ids)
         need = k - sum(abs(g - f) <= TOLERANCE * f for g in spread)
         draws = random_archs_at_flops(space, table, need, f, torch.Generator().manual_seed(int(f))) if need > 0 else []
         each.append([("peer", f"peer-{int(f)}-{i}", arch, [argmax(a) for a in alphas], flops)

@@ -436,6 +436,8 @@ def test_ground_truth_peers_in_turns_the_same_draws_for_any_k(tmp_path):
     swapped = ground_truth.peers(space, 3, ["b", "a"], b_new, {"a": done["a"]})
     assert [(n[1], n[2]) for n in swapped[1::2]] == [(n[1], n[2]) for n in three[0::2]]
     assert [(n[1], n[2]) for n in swapped[0::2]] == [(n[1], n[2]) for n in three[1::2]]
+    twins = ground_truth.peers(space, 2, ["a", "a2", "b"], [], done | {"a2": {"flops": f1}})
+    assert [(n[1], n[2]) for n in twins] == [(n[1], n[2]) for n in two]  # the same FLOPs: the same peers, once
     spread = [("random", "random-0", None, None, f1)]
     assert [n[1] for n in ground_truth.peers(space, 2, ["a", "b"], spread, done)] == [n[1] for n in three[:4] if
                                                                                      n[1] != f"peer-{int(f1)}-1"]
