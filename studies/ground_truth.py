@@ -314,13 +314,14 @@ def main(argv=None):
     test = test_data(args, data.input_size)
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes)
     networks, searched = [], []
-    for folder in args.searched:  # a searched network already in the table needs its folder no more
-        known = folder if folder in done else None
+    for folder in args.searched:
+        if folder in done:  # a searched network already in the table needs its folder no more
+            searched.append(folder)
+            continue
+        arch, choices, flops = searched_network(folder, space)
+        known = recorded_as(folder, arch, done)
         if known is None:
-            arch, choices, flops = searched_network(folder, space)
-            known = recorded_as(folder, arch, done)
-            if known is None:
-                networks.append(("searched", folder, arch, choices, flops))
+            networks.append(("searched", folder, arch, choices, flops))
         searched.append(known or folder)
     if again is not None:
         networks += again
