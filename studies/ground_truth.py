@@ -17,7 +17,8 @@ With --networks-of TABLE the random networks are instead --networks of that tabl
 recipe (is the table's recipe a fair judge? python -m studies audit --table OUT/table.jsonl --judge TABLE).
 With --networks 0 only the searched networks and their peers are trained (the peers are drawn as any table draws
 them, so these are the same networks as another table's peers of that search, as far as it drew them): into a copy
-of a table of another recipe, run with that table's recipe, Table 1 under that recipe.
+of a table of another recipe, run with that table's recipe, Table 1 under that recipe. With --searched-of TABLE the
+searched networks are TABLE's records of the --searched runs, with its ids, where the search folders are gone.
 
     python -m studies ground_truth --out runs/ground_truth --networks 48 --seeds 0 1 --searched runs/laptop
     python -m studies ground_truth ... --searched runs/s0 runs/s1 runs/s2 --peers 8 --workers 2
@@ -117,6 +118,34 @@ def searched_network(folder, space):
                          f"{space.input_size}px")
     arch = derive(s, alphas, p)
     return arch, [argmax(a) for a in alphas], arch_cost(arch, flops_table(space))
+
+
+def match_run(run, ids, path):
+    """The table's id of a search run: its absolute path, or else the one id that ends in the same folders (the most
+    of the run's path that any id ends in): a table made on another machine names runs by that machine's paths."""
+    if os.path.abspath(run) in ids:
+        return os.path.abspath(run)
+    parts = os.path.normpath(run).split(os.sep)
+    for k in range(len(parts), 0, -1):
+        same = [i for i in ids if os.path.normpath(i).split(os.sep)[-k:] == parts[-k:]]
+        if len(same) == 1:
+            return same[0]
+        if same:
+            raise UsageError(f"{path} holds more than one searched network of {run}")
+    raise UsageError(f"{path} holds no searched network of {run}")
+
+
+def searched_of(path, folders, space):
+    """The searched networks of the search folders `folders` as the table at `path` records them (--searched-of:
+    trained again under another recipe where the folders themselves are gone), matched as Table 1 matches runs:
+    [(id, arch, choices, flops)]."""
+    records = {r["id"]: r for r in cli.read_log(path) if r.get("kind") == "searched"}
+    chosen = [records[match_run(folder, list(records), path)] for folder in folders]
+    for r in chosen:
+        if (r["arch"]["space"], r["arch"]["input_size"]) != (space.name, space.input_size):
+            raise UsageError(f"--searched-of: {r['id']} in {path} is of '{r['arch']['space']}' at "
+                             f"{r['arch']['input_size']}px, not this table's '{space.name}' at {space.input_size}px")
+    return [(r["id"], r["arch"], r["choices"], r["flops"]) for r in chosen]
 
 
 def recorded_as(folder, arch, done):
@@ -298,6 +327,10 @@ def main(argv=None):
                          "range, with their ids: the same networks under another recipe, to check the table's recipe "
                          "as a judge (python -m studies audit --table THIS --judge TABLE)")
     ap.add_argument("--searched", nargs="*", default=[], help="search folders whose derived networks join the table")
+    ap.add_argument("--searched-of", metavar="TABLE",
+                    help="take the --searched networks from this table's records of them (matched as table1 matches "
+                         "runs), with their ids, instead of from the search folders: the same searched networks "
+                         "under this recipe where the folders are gone")
     ap.add_argument("--peers", type=integer(0, 1000), default=0, metavar="K",
                     help="random networks within 5%% of each searched network's FLOPs, drawn where the spread ones "
                          "are fewer (Table 1: python -m studies table1 --table; default 0)")
@@ -308,21 +341,31 @@ def main(argv=None):
     if args.networks == 0 and (not args.searched or args.networks_of):
         raise UsageError("--networks 0 trains only the --searched networks (and their --peers): name some, and no "
                          "--networks-of")
+    if args.searched_of and not args.searched:
+        raise UsageError("--searched-of TABLE takes the --searched networks from TABLE: name them with --searched")
+    if args.searched_of and not os.path.isfile(args.searched_of):  # refused before OUT is made
+        raise UsageError(f"--searched-of: no table at {args.searched_of}")
     again = networks_of(args.networks_of, args.networks) if args.networks_of else None  # refused before OUT is made
     path, done = open_table(args)
     data = search_data(args)
     test = test_data(args, data.input_size)
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes)
     networks, searched = [], []
-    for folder in args.searched:
-        if folder in done:  # a searched network already in the table needs its folder no more
-            searched.append(folder)
-            continue
-        arch, choices, flops = searched_network(folder, space)
-        known = recorded_as(folder, arch, done)
-        if known is None:
-            networks.append(("searched", folder, arch, choices, flops))
-        searched.append(known or folder)
+    if args.searched_of:  # the networks as another table records them, under its ids
+        for name, arch, choices, flops in searched_of(args.searched_of, args.searched, space):
+            if name not in done:
+                networks.append(("searched", name, arch, choices, flops))
+            searched.append(name)
+    else:
+        for folder in args.searched:
+            if folder in done:  # a searched network already in the table needs its folder no more
+                searched.append(folder)
+                continue
+            arch, choices, flops = searched_network(folder, space)
+            known = recorded_as(folder, arch, done)
+            if known is None:
+                networks.append(("searched", folder, arch, choices, flops))
+            searched.append(known or folder)
     if again is not None:
         networks += again
     elif args.networks:

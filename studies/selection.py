@@ -26,10 +26,10 @@ import statistics
 from machinery import cli
 from machinery.cli import ArgumentParser, UsageError, integer
 from studies.audit import open_run, read_network, read_table
-from studies.ground_truth import flops_depth_design, record_depth
+from studies.ground_truth import flops_depth_design, match_run, record_depth
 from studies.random_search import TOLERANCE
 from studies.stats import adjusted_lead, kendall, matched_permutation_p, percentile
-from studies.table1 import fmt_p, match_run, mean_over_seeds, peers_of
+from studies.table1 import fmt_p, mean_over_seeds, peers_of
 
 RULES = ("recalibrated", "batch_stats", "fewest_layers")
 

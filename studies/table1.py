@@ -38,7 +38,7 @@ from cost import flops_table
 from machinery import cli, options, runtime
 from machinery.cli import SEED, ArgumentParser, UsageError, integer, number
 from machinery.draw import scatter_svg
-from studies.ground_truth import flops_depth_design, record_depth
+from studies.ground_truth import flops_depth_design, match_run, record_depth
 from studies.random_search import TOLERANCE, random_archs_at_flops
 from studies.stats import adjusted_lead, chance_above_median, matched_permutation_p, percentile
 from supernet import get_space
@@ -174,21 +174,6 @@ def pareto_front(points):
             front.append((f, a))
             best = a
     return front
-
-
-def match_run(run, ids, path):
-    """The table's id of a search run: its absolute path, or else the one id that ends in the same folders (the most
-    of the run's path that any id ends in): a table made on another machine names runs by that machine's paths."""
-    if os.path.abspath(run) in ids:
-        return os.path.abspath(run)
-    parts = os.path.normpath(run).split(os.sep)
-    for k in range(len(parts), 0, -1):
-        same = [i for i in ids if os.path.normpath(i).split(os.sep)[-k:] == parts[-k:]]
-        if len(same) == 1:
-            return same[0]
-        if same:
-            raise UsageError(f"{path} holds more than one searched network of {run}")
-    raise UsageError(f"{path} holds no searched network of {run}")
 
 
 def peers_of(searched, records):

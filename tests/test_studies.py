@@ -144,6 +144,18 @@ def test_ground_truth_spreads_over_flops_records_every_seed_and_resumes(tmp_path
     only = [json.loads(line) for line in open(tmp_path / "only" / "table.jsonl")]
     assert [r["kind"] for r in only] == ["searched", "peer", "peer"] and only[0]["arch"] == rows[0]["arch"]
     assert all(abs(r["flops"] - rows[0]["flops"]) <= 0.05 * rows[0]["flops"] for r in only[1:])
+    # --searched-of: the same searched network taken from a table's record of it (its folder not read, its id kept),
+    # with the same peers: the table again under another recipe where the search folders are gone
+    again = argv[2:8] + argv[10:-2] + ["--out", str(tmp_path / "again"), "--networks", "0", "--peers", "2", "--lr",
+                                       "0.05", "--searched-of", str(tmp_path / "only" / "table.jsonl")]
+    ground_truth.main(again + ["--searched", os.path.join("gone", os.path.basename(run))])
+    other = [json.loads(line) for line in open(tmp_path / "again" / "table.jsonl")]
+    assert [(r["id"], r["arch"]) for r in other] == [(r["id"], r["arch"]) for r in only]
+    assert other[0]["recipe"]["lr"] == 0.05
+    no_searched = argv[2:8] + ["--out", str(tmp_path / "again"), "--searched-of", str(tmp_path / "only" / "table.jsonl")]
+    for bad, match in ((no_searched, "name them with --searched"), (again + ["--searched", "x"], "no searched network")):
+        with pytest.raises(ground_truth.UsageError, match=match):
+            ground_truth.main(bad)
 
 
 def test_ground_truth_workers_train_as_this_process_does(tmp_path):
@@ -343,14 +355,14 @@ def test_table1_finds_a_run_in_a_table_made_elsewhere():
     """A committed table names its searched networks by the paths of the machine that made it: a run is matched by its
     absolute path, else by the one id ending in the most of its folders; none, or two, is refused."""
     ids = ["/elsewhere/runs/sp-s0", "/elsewhere/runs/sp-s1", "/a/x", "/b/x"]
-    assert table1.match_run("runs/sp-s1", ids, "t") == "/elsewhere/runs/sp-s1"
-    assert table1.match_run("/elsewhere/runs/sp-s0/", ids, "t") == "/elsewhere/runs/sp-s0"
-    assert table1.match_run("/a/x", ids, "t") == "/a/x"
+    assert ground_truth.match_run("runs/sp-s1", ids, "t") == "/elsewhere/runs/sp-s1"
+    assert ground_truth.match_run("/elsewhere/runs/sp-s0/", ids, "t") == "/elsewhere/runs/sp-s0"
+    assert ground_truth.match_run("/a/x", ids, "t") == "/a/x"
     finals = ["/w/runs/a/final-0.json", "/w/runs/b/final-0.json"]
-    assert table1.match_run("runs/b/final-0.json", finals, "t") == finals[1]
+    assert ground_truth.match_run("runs/b/final-0.json", finals, "t") == finals[1]
     for bad in ("runs/x", "runs/sp-s2"):
         with pytest.raises(table1.UsageError):
-            table1.match_run(bad, ids, "t")
+            ground_truth.match_run(bad, ids, "t")
 
 
 def test_audit_judge_ranks_one_table_by_another_on_the_networks_both_hold(tmp_path):
