@@ -90,14 +90,17 @@ def main(argv=None):
     ap.add_argument("--log-every", type=number(0, low_open=True), default=30.0,
                     help="seconds between progress lines (default 30)")
     ap.add_argument("--table", help="instead: Table 1 with statistics from this ground-truth table.jsonl")
+    ap.add_argument("--judge", metavar="TABLE",
+                    help="with --table: each searched network's lead over the peers both tables hold (the same ids), "
+                         "under TABLE's recipe beside this table's")
     ap.add_argument("--searched", nargs="+", metavar="RUN",
                     help="with --table: only these search runs' networks (default: every searched one); the others "
                          "are left out, not counted as random")
     args = ap.parse_args(argv)
     if args.table:
-        return table1_from_truth(args.table, args.out, args.searched)
-    if args.searched:
-        raise UsageError("--searched goes with --table")
+        return table1_from_truth(args.table, args.out, args.searched, args.judge)
+    if args.searched or args.judge:
+        raise UsageError("--searched and --judge go with --table")
     if len(set(args.seeds)) != len(args.seeds):
         raise UsageError("the --seeds must be distinct")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -182,9 +185,10 @@ def peers_of(searched, records):
             <= TOLERANCE * searched["flops"]]
 
 
-def table1_from_truth(path, out, runs=None):
-    if not os.path.isfile(path):
-        raise UsageError(f"--table {path} does not exist")
+def table1_from_truth(path, out, runs=None, judge=None):
+    for flag, p in (("--table", path), ("--judge", judge)):
+        if p is not None and not os.path.isfile(p):
+            raise UsageError(f"{flag} {p} does not exist")
     records = cli.read_log(path)
     searched = [r for r in records if r["kind"] == "searched"]
     if runs:
@@ -231,6 +235,8 @@ def table1_from_truth(path, out, runs=None):
             for row, lead in zip(rows, leads):
                 row[split]["adjusted_lead"] = lead
     result["judge"] = judge_resolution(records, [g[1:] for g in groups["test"]])
+    if judge is not None:
+        result["leads_under_both"] = leads_under_both(searched, random, {r["id"]: r for r in cli.read_log(judge)})
     front = pareto_front([(r["flops"], mean_over_seeds(r, "test")) for r in random])
     result["pareto_front"] = front
     os.makedirs(out, exist_ok=True)
@@ -262,6 +268,14 @@ def table1_from_truth(path, out, runs=None):
         if "adjusted" in r:
             print(f"{split}: lead over a fit of the random networks in FLOPs and depth (quadratic): mean "
                   f"{r['adjusted']['mean_lead']:+.2f} points, permutation p = {fmt_p(r['adjusted']['permutation_p'])}")
+    if judge is not None:
+        both = result["leads_under_both"]
+        print(f"lead (test) over the peers both tables hold, under {judge} -> under this table:")
+        for r in both["searched"]:
+            print(f"  {r['id'][-28:]:<28} {r['peers']:2d} peers  {r['judge_lead']:+.2f} -> {r['lead']:+.2f}")
+        if both["searched"]:
+            print(f"  mean {both['mean_judge_lead']:+.2f} -> {both['mean_lead']:+.2f}; the lead fell for "
+                  f"{both['fell']}/{len(both['searched'])}")
     judge = result["judge"]
     if judge is not None:
         print(f"the judge (test): one training seed's noise sd {judge['noise_sd_one_seed']:.2f} points, the peers' "
@@ -274,6 +288,25 @@ def table1_from_truth(path, out, runs=None):
                   f"{' / '.join(f'{sum(v):.1f}' for v in each)}")
     print(f"outputs: {os.path.join(out, 'table1.json')}, {os.path.join(out, 'table1.svg')}")
     return result
+
+
+def leads_under_both(searched, random, other, split="test"):
+    """Each searched network's lead (its accuracy less its peers' mean, means over the seeds) over the peers that
+    both this table and `other` (another recipe's table, {id: record}) hold, under each: does a lead under one judge
+    hold under the other, over the same networks? Searched networks the other table lacks, or with no peer there,
+    are left out."""
+    def lead(s, peers):
+        return mean_over_seeds(s, split) - statistics.fmean(mean_over_seeds(r, split) for r in peers)
+    rows = []
+    for s in searched:
+        both = [r for r in peers_of(s, random) if r["id"] in other]
+        if s["id"] in other and both:
+            rows.append({"id": s["id"], "peers": len(both), "lead": lead(s, both),
+                         "judge_lead": lead(other[s["id"]], [other[r["id"]] for r in both])})
+    return {"split": split, "searched": rows,
+            "mean_lead": statistics.fmean(r["lead"] for r in rows) if rows else None,
+            "mean_judge_lead": statistics.fmean(r["judge_lead"] for r in rows) if rows else None,
+            "fell": sum(r["lead"] < r["judge_lead"] for r in rows)}
 
 
 def judge_resolution(records, windows, split="test", quantiles=(0.5, 0.75, 0.9), samples=20000):

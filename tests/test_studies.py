@@ -478,6 +478,30 @@ def test_table1_lead_over_a_fit_in_flops_and_depth(tmp_path):
     assert result["val"]["adjusted"]["permutation_p"] > 0.5
 
 
+def test_table1_judge_gives_the_lead_over_the_peers_both_tables_hold(tmp_path):
+    """table1 --table LONG --judge SHORT: each searched network's lead over the peers both tables hold, under each.
+    Planted: under SHORT the searched network leads its two shared peers by 2 points, under LONG by 0.5; a peer only
+    LONG holds (at 100%) is left out of both, and a searched network SHORT lacks is left out."""
+    def rec(name, kind, f, acc):
+        return {"id": name, "kind": kind, "flops": f, "test": {"0": acc - 0.1, "1": acc + 0.1},
+                "val": {"0": acc, "1": acc}, "arch": {"blocks": [{"layers": ["skip"] * 2}]}}
+    long = [rec("s", "searched", 5e6, 86.5), rec("lone", "searched", 9e6, 80.0), rec("p0", "peer", 5.1e6, 85.0),
+            rec("p1", "peer", 4.9e6, 87.0), rec("only-long", "random", 5e6, 100.0), rec("q", "peer", 9e6, 80.0)]
+    short = [rec("s", "searched", 5e6, 81.0), rec("p0", "peer", 5.1e6, 78.0), rec("p1", "peer", 4.9e6, 80.0)]
+    for name, rows in (("long", long), ("short", short)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = table1.main(["--table", str(tmp_path / "long.jsonl"), "--judge", str(tmp_path / "short.jsonl"),
+                          "--out", str(tmp_path / "t1")])
+    both = result["leads_under_both"]
+    assert [(r["id"], r["peers"]) for r in both["searched"]] == [("s", 2)]
+    assert math.isclose(both["searched"][0]["judge_lead"], 2.0) and math.isclose(both["searched"][0]["lead"], 0.5)
+    assert both["fell"] == 1
+    with pytest.raises(table1.UsageError, match="--judge"):
+        table1.main(["--table", str(tmp_path / "long.jsonl"), "--judge", str(tmp_path / "nothing.jsonl")])
+    with pytest.raises(table1.UsageError, match="go with --table"):
+        table1.main(["--judge", str(tmp_path / "short.jsonl")])
+
+
 def test_audit_rescore_scores_old_readings_against_a_table_and_beyond_flops_and_depth(tmp_path):
     """python -m studies audit --rescore A --table T: an audit's readings scored again on the networks T holds (one
     it read is not there), the same tau as ranking them directly, and tau against what the leave-one-out fit in
