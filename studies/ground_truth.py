@@ -22,6 +22,7 @@ searched networks are TABLE's records of the --searched runs, with its ids, wher
 
     python -m studies ground_truth --out runs/ground_truth --networks 48 --seeds 0 1 --searched runs/laptop
     python -m studies ground_truth ... --searched runs/s0 runs/s1 runs/s2 --peers 8 --workers 2
+    python -m studies ground_truth ... --networks 0 --searched-of TABLE --searched runs/s0 runs/s1 --peers 3
 """
 import argparse
 import json
@@ -137,15 +138,19 @@ def match_run(run, ids, path):
 
 def searched_of(path, folders, space):
     """The searched networks of the search folders `folders` as the table at `path` records them (--searched-of:
-    trained again under another recipe where the folders themselves are gone), matched as Table 1 matches runs:
-    [(id, arch, choices, flops)]."""
+    trained again under another recipe where the folders themselves are gone), matched as Table 1 matches runs, each
+    once: [(id, arch, choices, flops)]."""
     records = {r["id"]: r for r in cli.read_log(path) if r.get("kind") == "searched"}
-    chosen = [records[match_run(folder, list(records), path)] for folder in folders]
-    for r in chosen:
-        if (r["arch"]["space"], r["arch"]["input_size"]) != (space.name, space.input_size):
-            raise UsageError(f"--searched-of: {r['id']} in {path} is of '{r['arch']['space']}' at "
-                             f"{r['arch']['input_size']}px, not this table's '{space.name}' at {space.input_size}px")
-    return [(r["id"], r["arch"], r["choices"], r["flops"]) for r in chosen]
+    chosen = dict.fromkeys(match_run(folder, list(records), path) for folder in folders)
+    this = (space.name, space.input_size, space.in_channels, space.num_classes)
+    for i in chosen:
+        arch = records[i]["arch"]
+        that = tuple(arch.get(k) for k in ("space", "input_size", "in_channels", "num_classes"))
+        if that != this or "choices" not in records[i]:
+            raise UsageError(f"--searched-of: {i} in {path} is not a network of this table's space ({that[0]} at "
+                             f"{that[1]}px, {that[2]} channels, {that[3]} classes; here {this[0]} at {this[1]}px, "
+                             f"{this[2]} channels, {this[3]} classes)")
+    return [(i, records[i]["arch"], records[i]["choices"], records[i]["flops"]) for i in chosen]
 
 
 def recorded_as(folder, arch, done):
@@ -326,7 +331,8 @@ def main(argv=None):
                     help="instead of new draws, --networks of this table's random networks spread over its FLOPs "
                          "range, with their ids: the same networks under another recipe, to check the table's recipe "
                          "as a judge (python -m studies audit --table THIS --judge TABLE)")
-    ap.add_argument("--searched", nargs="*", default=[], help="search folders whose derived networks join the table")
+    ap.add_argument("--searched", nargs="*", default=[], help="search folders whose derived networks join the table "
+                                                              "(with --searched-of: runs as TABLE names them)")
     ap.add_argument("--searched-of", metavar="TABLE",
                     help="take the --searched networks from this table's records of them (matched as table1 matches "
                          "runs), with their ids, instead of from the search folders: the same searched networks "
@@ -346,16 +352,18 @@ def main(argv=None):
     if args.searched_of and not os.path.isfile(args.searched_of):  # refused before OUT is made
         raise UsageError(f"--searched-of: no table at {args.searched_of}")
     again = networks_of(args.networks_of, args.networks) if args.networks_of else None  # refused before OUT is made
-    path, done = open_table(args)
     data = search_data(args)
     test = test_data(args, data.input_size)
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes)
+    recorded = searched_of(args.searched_of, args.searched, space) if args.searched_of else None  # so is this
+    path, done = open_table(args)
     networks, searched = [], []
-    if args.searched_of:  # the networks as another table records them, under its ids
-        for name, arch, choices, flops in searched_of(args.searched_of, args.searched, space):
-            if name not in done:
+    if recorded is not None:  # the networks as another table records them, under its ids
+        for name, arch, choices, flops in recorded:
+            known = name if name in done else recorded_as(name, arch, done)
+            if known is None:
                 networks.append(("searched", name, arch, choices, flops))
-            searched.append(name)
+            searched.append(known or name)
     else:
         for folder in args.searched:
             if folder in done:  # a searched network already in the table needs its folder no more

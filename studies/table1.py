@@ -38,6 +38,7 @@ from cost import flops_table
 from machinery import cli, options, runtime
 from machinery.cli import SEED, ArgumentParser, UsageError, integer, number
 from machinery.draw import scatter_svg
+from studies.audit import same_networks
 from studies.ground_truth import flops_depth_design, match_run, record_depth
 from studies.random_search import TOLERANCE, random_archs_at_flops
 from studies.stats import adjusted_lead, chance_above_median, matched_permutation_p, percentile
@@ -185,8 +186,8 @@ def peers_of(searched, records):
             <= TOLERANCE * searched["flops"]]
 
 
-def table1_from_truth(path, out, runs=None, judge=None):
-    for flag, p in (("--table", path), ("--judge", judge)):
+def table1_from_truth(path, out, runs=None, judge_path=None):
+    for flag, p in (("--table", path), ("--judge", judge_path)):
         if p is not None and not os.path.isfile(p):
             raise UsageError(f"{flag} {p} does not exist")
     records = cli.read_log(path)
@@ -235,8 +236,10 @@ def table1_from_truth(path, out, runs=None, judge=None):
             for row, lead in zip(rows, leads):
                 row[split]["adjusted_lead"] = lead
     result["judge"] = judge_resolution(records, [g[1:] for g in groups["test"]])
-    if judge is not None:
-        result["leads_under_both"] = leads_under_both(searched, random, {r["id"]: r for r in cli.read_log(judge)})
+    if judge_path is not None:
+        other = cli.read_log(judge_path)
+        same_networks(records, other, f"--judge {judge_path}")
+        result["leads_under_both"] = leads_under_both(searched, random, {r["id"]: r for r in other})
     front = pareto_front([(r["flops"], mean_over_seeds(r, "test")) for r in random])
     result["pareto_front"] = front
     os.makedirs(out, exist_ok=True)
@@ -268,17 +271,20 @@ def table1_from_truth(path, out, runs=None, judge=None):
         if "adjusted" in r:
             print(f"{split}: lead over a fit of the random networks in FLOPs and depth (quadratic): mean "
                   f"{r['adjusted']['mean_lead']:+.2f} points, permutation p = {fmt_p(r['adjusted']['permutation_p'])}")
-    if judge is not None:
+    if judge_path is not None:
         both = result["leads_under_both"]
-        print(f"lead (test) over the peers both tables hold, under {judge} -> under this table:")
+        print(f"lead (test) over the peers both tables hold, under --judge {judge_path} -> under this table:")
         for r in both["searched"]:
             print(f"  {r['id'][-28:]:<28} {r['peers']:2d} peers  {r['judge_lead']:+.2f} -> {r['lead']:+.2f}")
         if both["searched"]:
             print(f"  mean {both['mean_judge_lead']:+.2f} -> {both['mean_lead']:+.2f}; the lead fell for "
                   f"{both['fell']}/{len(both['searched'])}")
+        else:
+            print("  none: --judge holds none of these searched networks (by id) with a peer of it")
     judge = result["judge"]
     if judge is not None:
-        print(f"the judge (test): one training seed's noise sd {judge['noise_sd_one_seed']:.2f} points, the peers' "
+        print(f"what this table's recipe resolves (test): one training seed's noise sd "
+              f"{judge['noise_sd_one_seed']:.2f} points, the peers' "
               f"true sd {judge['true_sd']:.2f}; a searched network truly at its peers' 50th / 75th / 90th percentile "
               "measures above their median (percentile above 50)")
         for k, by_q in judge["all_above"].items():

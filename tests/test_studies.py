@@ -145,17 +145,24 @@ def test_ground_truth_spreads_over_flops_records_every_seed_and_resumes(tmp_path
     assert [r["kind"] for r in only] == ["searched", "peer", "peer"] and only[0]["arch"] == rows[0]["arch"]
     assert all(abs(r["flops"] - rows[0]["flops"]) <= 0.05 * rows[0]["flops"] for r in only[1:])
     # --searched-of: the same searched network taken from a table's record of it (its folder not read, its id kept),
-    # with the same peers: the table again under another recipe where the search folders are gone
-    again = argv[2:8] + argv[10:-2] + ["--out", str(tmp_path / "again"), "--networks", "0", "--peers", "2", "--lr",
-                                       "0.05", "--searched-of", str(tmp_path / "only" / "table.jsonl")]
-    ground_truth.main(again + ["--searched", os.path.join("gone", os.path.basename(run))])
+    # with the same peers: the table again under another recipe where the search folders are gone; the run named
+    # twice is trained once
+    only_table = str(tmp_path / "only" / "table.jsonl")
+    again = argv[2:8] + argv[10:-2] + ["--networks", "0", "--peers", "2", "--lr", "0.05", "--searched-of", only_table]
+    ground_truth.main(again + ["--out", str(tmp_path / "again"), "--searched", os.path.join("gone", "s"), run])
     other = [json.loads(line) for line in open(tmp_path / "again" / "table.jsonl")]
     assert [(r["id"], r["arch"]) for r in other] == [(r["id"], r["arch"]) for r in only]
     assert other[0]["recipe"]["lr"] == 0.05
-    no_searched = argv[2:8] + ["--out", str(tmp_path / "again"), "--searched-of", str(tmp_path / "only" / "table.jsonl")]
-    for bad, match in ((no_searched, "name them with --searched"), (again + ["--searched", "x"], "no searched network")):
+    # refused in one line before OUT is made: no --searched, no such run in TABLE, a network of another space
+    other[0]["arch"]["num_classes"] = 100
+    (tmp_path / "other-space.jsonl").write_text(json.dumps(other[0]) + "\n")
+    out = ["--out", str(tmp_path / "refused")]
+    for bad, match in ((argv[2:8] + out + ["--searched-of", only_table], "name them with --searched"),
+                       (again + out + ["--searched", "x"], "no searched network"),
+                       (again[:-1] + [str(tmp_path / "other-space.jsonl")] + out + ["--searched", "s"], "100 classes")):
         with pytest.raises(ground_truth.UsageError, match=match):
             ground_truth.main(bad)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_ground_truth_workers_train_as_this_process_does(tmp_path):
@@ -487,7 +494,8 @@ def test_table1_judge_gives_the_lead_over_the_peers_both_tables_hold(tmp_path):
                 "val": {"0": acc, "1": acc}, "arch": {"blocks": [{"layers": ["skip"] * 2}]}}
     long = [rec("s", "searched", 5e6, 86.5), rec("lone", "searched", 9e6, 80.0), rec("p0", "peer", 5.1e6, 85.0),
             rec("p1", "peer", 4.9e6, 87.0), rec("only-long", "random", 5e6, 100.0), rec("q", "peer", 9e6, 80.0)]
-    short = [rec("s", "searched", 5e6, 81.0), rec("p0", "peer", 5.1e6, 78.0), rec("p1", "peer", 4.9e6, 80.0)]
+    short = [rec("s", "searched", 5e6, 81.0), rec("p0", "peer", 5.1e6, 78.0), rec("p1", "peer", 4.9e6, 80.0),
+             rec("q", "peer", 9e6, 79.0)]
     for name, rows in (("long", long), ("short", short)):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = table1.main(["--table", str(tmp_path / "long.jsonl"), "--judge", str(tmp_path / "short.jsonl"),
@@ -495,7 +503,12 @@ def test_table1_judge_gives_the_lead_over_the_peers_both_tables_hold(tmp_path):
     both = result["leads_under_both"]
     assert [(r["id"], r["peers"]) for r in both["searched"]] == [("s", 2)]
     assert math.isclose(both["searched"][0]["judge_lead"], 2.0) and math.isclose(both["searched"][0]["lead"], 0.5)
-    assert both["fell"] == 1
+    assert both["fell"] == 1 and math.isclose(both["mean_judge_lead"], 2.0) and math.isclose(both["mean_lead"], 0.5)
+    short[1]["flops"] = 6e6  # another network under p0's id: refused
+    (tmp_path / "short.jsonl").write_text("".join(json.dumps(r) + "\n" for r in short))
+    with pytest.raises(table1.UsageError, match="names another network p0"):
+        table1.main(["--table", str(tmp_path / "long.jsonl"), "--judge", str(tmp_path / "short.jsonl"),
+                     "--out", str(tmp_path / "t1")])
     with pytest.raises(table1.UsageError, match="--judge"):
         table1.main(["--table", str(tmp_path / "long.jsonl"), "--judge", str(tmp_path / "nothing.jsonl")])
     with pytest.raises(table1.UsageError, match="go with --table"):
