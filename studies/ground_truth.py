@@ -355,25 +355,18 @@ def main(argv=None):
     data = search_data(args)
     test = test_data(args, data.input_size)
     space = get_space(args.space, data.input_size, data.in_channels, data.num_classes)
-    recorded = searched_of(args.searched_of, args.searched, space) if args.searched_of else None  # so is this
+    # --searched-of: the networks as another table records them, under its ids (refused before OUT is made too)
+    recorded = searched_of(args.searched_of, args.searched, space) if args.searched_of else None
     path, done = open_table(args)
+    if recorded is None:  # derived from the search folders; one already in the table needs its folder no more
+        recorded = [(f, None, None, None) if f in done else (f, *searched_network(f, space))
+                    for f in dict.fromkeys(args.searched)]
     networks, searched = [], []
-    if recorded is not None:  # the networks as another table records them, under its ids
-        for name, arch, choices, flops in recorded:
-            known = name if name in done else recorded_as(name, arch, done)
-            if known is None:
-                networks.append(("searched", name, arch, choices, flops))
-            searched.append(known or name)
-    else:
-        for folder in args.searched:
-            if folder in done:  # a searched network already in the table needs its folder no more
-                searched.append(folder)
-                continue
-            arch, choices, flops = searched_network(folder, space)
-            known = recorded_as(folder, arch, done)
-            if known is None:
-                networks.append(("searched", folder, arch, choices, flops))
-            searched.append(known or folder)
+    for name, arch, choices, flops in recorded:
+        known = name if name in done else recorded_as(name, arch, done)
+        if known is None:
+            networks.append(("searched", name, arch, choices, flops))
+        searched.append(known or name)
     if again is not None:
         networks += again
     elif args.networks:
