@@ -136,12 +136,12 @@ def match_run(run, ids, path):
     raise UsageError(f"{path} holds no searched network of {run}")
 
 
-def searched_of(path, folders, space):
-    """The searched networks of the search folders `folders` as the table at `path` records them (--searched-of:
-    trained again under another recipe where the folders themselves are gone), matched as Table 1 matches runs, each
+def searched_of(path, runs, space):
+    """The searched networks of the search runs `runs` as the table at `path` records them (--searched-of: trained
+    again under another recipe where the run folders themselves are gone), matched as Table 1 matches runs, each
     once: [(id, arch, choices, flops)]."""
     records = {r["id"]: r for r in cli.read_log(path) if r.get("kind") == "searched"}
-    chosen = dict.fromkeys(match_run(folder, list(records), path) for folder in folders)
+    chosen = dict.fromkeys(match_run(run, list(records), path) for run in runs)
     this = (space.name, space.input_size, space.in_channels, space.num_classes)
     for i in chosen:
         arch = records[i]["arch"]
